@@ -1,0 +1,55 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSTEM_PACKAGES := redis-server prometheus chromium
+BENCH_PACKAGES := wrk haproxy nginx
+
+.PHONY: demo test bench bench-picker bench-routing lint build system-deps clean
+
+$(STAMP): pyproject.toml setup.py ext/picker.pyx
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel Cython
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+build: $(STAMP)
+	$(BIN)/python setup.py -q build_ext --inplace
+
+# Tests use real Redis, promtool and Chromium: install them when absent (CI starts bare).
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: build system-deps
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+demo: build
+	$(BIN)/python -m lb.demo configs/demo.yaml
+
+bench: build
+	$(BIN)/python bench/run.py
+	$(BIN)/python bench/picker_bench.py
+	$(BIN)/python bench/routing_bench.py
+
+bench-picker: build
+	$(BIN)/python bench/picker_bench.py
+
+bench-routing: build
+	$(BIN)/python bench/routing_bench.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check lb tests bench
+
+clean:
+	rm -rf build $(VENV) lb/*.so ext/*.c *.egg-info

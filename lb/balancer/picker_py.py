@@ -1,0 +1,353 @@
+"""Weighted-least-connections picker, pure Python twin of the compiled ``lb._picker``.
+
+Both implementations run the same algorithm with the same integer arithmetic and the same PRNG,
+so for the same sequence of calls they return the same slots. Any change here must be made in
+``ext/picker.pyx`` too; ``tests/test_picker_equivalence.py`` checks it.
+
+Choice
+    Candidates are live slots with weight > 0 that are eligible (eligibility is ignored when
+    ``panic`` is true). The candidate with the lowest ``in_flight / effective_weight`` wins,
+    compared by cross-multiplication on integers. Ties are broken by NGINX's smooth weighted
+    round robin over the tied set only, which gives exact weight proportions when the pool
+    is idle.
+
+Effective weight
+    ``weight * permille``, with permille 1000 outside slow start and
+    ``max(100, floor(1000 * elapsed / window))`` during it (Envoy's slow start, aggression 1.0,
+    min_weight_percent 10). A slot leaves slow start the first time ``elapsed >= window`` is seen.
+    Ramping slots are kept in a list so that ``pick`` pays nothing when no slot ramps and
+    O(ramping slots) when some do.
+
+Large pools: weighted power of two choices
+    Above ``P2C_THRESHOLD`` live slots the exact scan is replaced by an approximation: two slots are
+    drawn with probability proportional to effective weight (a Fenwick tree over the slots, updated
+    in O(log n) whenever an effective weight changes) and the one with the lower
+    ``in_flight / effective_weight`` is taken; on a tie the first draw wins, because preferring the
+    lower slot would skew an idle pool towards low slot numbers. Ineligible draws are skipped; after
+    ``P2C_MAX_DRAWS`` draws without an eligible one, the exact scan decides. The draws come from
+    splitmix64 seeded with ``seed``. The threshold is the compiled picker's (see its docstring for
+    the measurements behind it); the twin uses the same value so both make the same choices.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import operator
+from array import array
+
+P2C_THRESHOLD = 128
+P2C_MAX_DRAWS = 7
+# Bounds weight * 1000 * in_flight well inside int64, so C and Python never disagree on overflow.
+MAX_WEIGHT = 1_000_000
+
+_FULL_PERMILLE = 1000
+_MIN_PERMILLE = 100
+_INITIAL_CAPACITY = 8
+_MASK64 = (1 << 64) - 1
+
+
+def _ramp_permille(elapsed: float, window: float) -> int:
+    """Permille of the weight after ``elapsed`` seconds of a ``window``; -1 once it is over."""
+    if elapsed >= window:
+        return -1
+    q = 1000.0 * elapsed / window
+    # "not >=" also catches NaN, as in the compiled version.
+    if not q >= 100.0:
+        return _MIN_PERMILLE
+    return math.floor(q)
+
+
+def _check_weight(weight: int) -> int:
+    value = operator.index(weight)
+    if not 0 <= value <= MAX_WEIGHT:
+        raise ValueError(f"weight must be within 0..{MAX_WEIGHT}, got {value}")
+    return value
+
+
+class Picker:
+    """Weighted-least-connections picker over integer slots; see the module docstring."""
+
+    def __init__(self, seed: int = 1) -> None:
+        self._rng = operator.index(seed) & _MASK64
+        self._cap = 0
+        self._high = 0  # slots at or above this were never used
+        self._live = 0
+        self._eligible = 0
+        self._ramping = 0
+        self._total = 0  # sum of effective weights of all live slots
+        self._free: list[int] = []  # min-heap of freed slots
+        self._alive: list[bool] = []
+        self._elig: list[bool] = []
+        self._weight: list[int] = []
+        self._permille: list[int] = []
+        self._eff: list[int] = []
+        self._current: list[int] = []  # smooth weighted round robin state
+        self._in_flight = array("q")
+        self._ss_start: list[float] = []
+        self._ss_window: list[float] = []
+        self._ramp_pos: list[int] = []  # index in _ramp_slots, -1 when not ramping
+        self._ramp_slots: list[int] = []
+        self._tree: list[int] = [0]  # Fenwick tree of _eff, 1-based
+        self._grow(_INITIAL_CAPACITY)
+
+    def _grow(self, cap: int) -> None:
+        # cap stays a power of two so the Fenwick descent needs no bounds check.
+        extra = cap - self._cap
+        self._alive += [False] * extra
+        self._elig += [False] * extra
+        self._weight += [0] * extra
+        self._permille += [_FULL_PERMILLE] * extra
+        self._eff += [0] * extra
+        self._current += [0] * extra
+        self._in_flight.extend([0] * extra)
+        self._ss_start += [0.0] * extra
+        self._ss_window += [0.0] * extra
+        self._ramp_pos += [-1] * extra
+        tree = [0] * (cap + 1)
+        for i in range(1, cap + 1):
+            tree[i] += self._eff[i - 1]
+            j = i + (i & -i)
+            if j <= cap:
+                tree[j] += tree[i]
+        self._tree = tree
+        self._cap = cap
+
+    def _check(self, slot: int) -> int:
+        slot = operator.index(slot)
+        if slot < 0 or slot >= self._high or not self._alive[slot]:
+            raise IndexError(f"no live backend in slot {slot}")
+        return slot
+
+    def _set_eff(self, slot: int, eff: int) -> None:
+        delta = eff - self._eff[slot]
+        if delta == 0:
+            return
+        self._eff[slot] = eff
+        self._total += delta
+        i = slot + 1
+        while i <= self._cap:
+            self._tree[i] += delta
+            i += i & -i
+
+    def _set_permille(self, slot: int, permille: int) -> None:
+        self._permille[slot] = permille
+        self._set_eff(slot, self._weight[slot] * permille)
+
+    def _ramp_on(self, slot: int, now: float, window: float) -> None:
+        if self._ramp_pos[slot] < 0:
+            self._ramp_pos[slot] = self._ramping
+            self._ramp_slots.append(slot)
+            self._ramping += 1
+        self._ss_start[slot] = float(now)
+        self._ss_window[slot] = float(window)
+        self._set_permille(slot, _MIN_PERMILLE)
+
+    def _ramp_off(self, slot: int) -> None:
+        pos = self._ramp_pos[slot]
+        if pos < 0:
+            return
+        self._ramping -= 1
+        last = self._ramp_slots.pop()
+        if last != slot:
+            self._ramp_slots[pos] = last
+            self._ramp_pos[last] = pos
+        self._ramp_pos[slot] = -1
+        self._set_permille(slot, _FULL_PERMILLE)
+
+    def _advance_ramps(self, now: float) -> None:
+        # Backwards, so the swap-remove in _ramp_off only moves already visited entries.
+        for k in range(self._ramping - 1, -1, -1):
+            slot = self._ramp_slots[k]
+            permille = _ramp_permille(now - self._ss_start[slot], self._ss_window[slot])
+            if permille < 0:
+                self._ramp_off(slot)
+            elif permille != self._permille[slot]:
+                self._set_permille(slot, permille)
+
+    def _scan(self, panic: bool) -> int:
+        """Exact choice: lowest in_flight/eff, ties by smooth weighted round robin."""
+        tied: list[int] = []
+        best_flight = best_eff = 0
+        for slot in range(self._high):
+            eff = self._eff[slot]
+            if eff <= 0 or not (panic or self._elig[slot]):
+                continue
+            flight = self._in_flight[slot]
+            if tied:
+                lhs = flight * best_eff
+                rhs = best_flight * eff
+                if lhs > rhs:
+                    continue
+                if lhs < rhs:
+                    tied.clear()
+            if not tied:
+                best_flight = flight
+                best_eff = eff
+            tied.append(slot)
+        if not tied:
+            return -1
+        if len(tied) == 1:
+            return tied[0]
+        best = tied[0]
+        total = 0
+        for slot in tied:
+            eff = self._eff[slot]
+            self._current[slot] += eff
+            total += eff
+            if self._current[slot] > self._current[best]:
+                best = slot
+        self._current[best] -= total
+        return best
+
+    def _next_random(self) -> int:
+        """splitmix64, masked to 64 bits exactly like the C version wraps."""
+        self._rng = (self._rng + 0x9E3779B97F4A7C15) & _MASK64
+        z = self._rng
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        return z ^ (z >> 31)
+
+    def _draw(self) -> int:
+        """Smallest slot whose cumulative effective weight exceeds a uniform r in [0, total)."""
+        rest = self._next_random() % self._total
+        pos = 0
+        step = self._cap >> 1
+        while step:
+            nxt = pos + step
+            if self._tree[nxt] <= rest:
+                pos = nxt
+                rest -= self._tree[nxt]
+            step >>= 1
+        return pos
+
+    def _p2c(self, panic: bool) -> int:
+        """Approximate choice for large pools: the better of two weighted draws."""
+        if self._total == 0:
+            return -1
+        first = second = -1
+        for _ in range(P2C_MAX_DRAWS):
+            slot = self._draw()
+            if not (panic or self._elig[slot]):
+                continue
+            if first < 0:
+                first = slot
+            else:
+                second = slot
+                break
+        if first < 0:
+            return self._scan(panic)
+        if second < 0:
+            return first
+        flights, effs = self._in_flight, self._eff
+        if flights[second] * effs[first] < flights[first] * effs[second]:
+            return second
+        return first
+
+    def add(self, weight: int, now: float, slow_start: float = 0.0) -> int:
+        """Add a backend and return its slot (the lowest freed slot is reused first)."""
+        w = _check_weight(weight)
+        if self._free:
+            slot = heapq.heappop(self._free)
+        else:
+            if self._high == self._cap:
+                self._grow(self._cap * 2)
+            slot = self._high
+            self._high += 1
+        self._alive[slot] = True
+        self._elig[slot] = True
+        self._weight[slot] = w
+        self._current[slot] = 0
+        self._in_flight[slot] = 0
+        self._live += 1
+        if w > 0:
+            self._eligible += 1
+        if slow_start > 0.0:
+            self._ramp_on(slot, now, slow_start)
+        else:
+            self._set_permille(slot, _FULL_PERMILLE)
+        return slot
+
+    def remove(self, slot: int) -> None:
+        """Free ``slot``; the caller has released all of its requests."""
+        slot = self._check(slot)
+        self._ramp_off(slot)
+        if self._elig[slot] and self._weight[slot] > 0:
+            self._eligible -= 1
+        self._set_eff(slot, 0)
+        self._alive[slot] = False
+        self._elig[slot] = False
+        self._weight[slot] = 0
+        self._current[slot] = 0
+        self._in_flight[slot] = 0
+        self._live -= 1
+        heapq.heappush(self._free, slot)
+
+    def set_weight(self, slot: int, weight: int) -> None:
+        """Change the weight; 0 drains the slot (never picked, releases still count)."""
+        slot = self._check(slot)
+        w = _check_weight(weight)
+        if self._elig[slot]:
+            self._eligible += (w > 0) - (self._weight[slot] > 0)
+        self._weight[slot] = w
+        self._set_permille(slot, self._permille[slot])
+
+    def set_eligible(
+        self, slot: int, eligible: bool, now: float, slow_start: float = 0.0
+    ) -> None:
+        """Mark the slot up or down; coming back up restarts slow start when ``slow_start > 0``."""
+        slot = self._check(slot)
+        eligible = bool(eligible)
+        if eligible == self._elig[slot]:
+            return
+        self._elig[slot] = eligible
+        if self._weight[slot] > 0:
+            self._eligible += 1 if eligible else -1
+        if eligible and slow_start > 0.0:
+            self._ramp_on(slot, now, slow_start)
+
+    def restart_slow_start(self, slot: int, now: float, slow_start: float) -> None:
+        """Start a new ramp at ``now``; ``slow_start <= 0`` ends any ramp at once."""
+        slot = self._check(slot)
+        if slow_start > 0.0:
+            self._ramp_on(slot, now, slow_start)
+        else:
+            self._ramp_off(slot)
+
+    def pick(self, now: float, panic: bool = False) -> int:
+        """Choose a slot and count a request on it; -1 when there is no candidate."""
+        if self._ramping:
+            self._advance_ramps(now)
+        if not panic and self._eligible == 0:
+            return -1
+        slot = self._p2c(panic) if self._live > P2C_THRESHOLD else self._scan(panic)
+        if slot >= 0:
+            self._in_flight[slot] += 1
+        return slot
+
+    def release(self, slot: int) -> int:
+        """Count a finished request; returns the slot's new in-flight count (never below 0)."""
+        slot = self._check(slot)
+        if self._in_flight[slot] > 0:
+            self._in_flight[slot] -= 1
+        return self._in_flight[slot]
+
+    def in_flight(self, slot: int) -> int:
+        return self._in_flight[self._check(slot)]
+
+    def effective_weight(self, slot: int, now: float) -> float:
+        """``weight * slow-start factor`` at ``now``, without changing any state."""
+        slot = self._check(slot)
+        permille = _FULL_PERMILLE
+        if self._ramp_pos[slot] >= 0:
+            permille = _ramp_permille(now - self._ss_start[slot], self._ss_window[slot])
+            if permille < 0:
+                permille = _FULL_PERMILLE
+        return self._weight[slot] * permille / 1000
+
+    def eligible_count(self) -> int:
+        """Live, eligible slots with weight > 0."""
+        return self._eligible
+
+    def __len__(self) -> int:
+        return self._live

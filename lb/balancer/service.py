@@ -1,0 +1,129 @@
+"""A service: its backends, updated in place, and the picker that chooses among them."""
+
+import time
+from collections.abc import Callable, Iterable
+
+from ..config import model
+from .backend import Backend
+from .picker import Picker
+
+
+class Service:
+    def __init__(
+        self, name: str, config: model.Service, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.clock = clock
+        self.picker = Picker()
+        self.backends: dict[tuple[str, int], Backend] = {}
+        self.by_slot: list[Backend | None] = []
+        self.panic = False
+        self.caps: object | None = None
+        self.breaker: object | None = None  # service-level breaker (traffic control)
+        self.fallback: Service | None = None
+        self.on_change: list[Callable[[Service], None]] = []
+
+    # -- membership -----------------------------------------------------------------------------
+    def update(self, specs: Iterable[tuple[str, int, int]]) -> None:
+        """Apply a backend set in place: survivors keep counts and pools, leavers drain."""
+        now = self.clock()
+        wanted: dict[tuple[str, int], int] = {}
+        for host, port, weight in specs:
+            wanted[(host, port)] = weight
+        for addr, b in list(self.backends.items()):
+            if addr not in wanted:
+                self._retire(b)
+        for addr, weight in wanted.items():
+            b = self.backends.get(addr)
+            if b is None:
+                slot = self.picker.add(weight, now, self.config.slow_start)
+                b = Backend(self, addr[0], addr[1], weight, slot)
+                self.backends[addr] = b
+                if slot >= len(self.by_slot):
+                    self.by_slot.extend([None] * (slot + 1 - len(self.by_slot)))
+                self.by_slot[slot] = b
+            elif b.removed:
+                # Back before it finished draining: serve it again, slow start as a newcomer.
+                b.removed = False
+                b.weight = weight
+                self.picker.set_weight(b.slot, weight)
+                self.picker.restart_slow_start(b.slot, now, self.config.slow_start)
+            elif b.weight != weight:
+                b.weight = weight
+                self.picker.set_weight(b.slot, weight)
+            self.refresh(b, now)
+        self._changed()
+
+    def _retire(self, b: Backend) -> None:
+        b.removed = True
+        b.close_idle()
+        if b.checker is not None:
+            b.checker.stop()
+            b.checker = None
+        if self.picker.in_flight(b.slot) == 0:
+            self._drop(b)
+        else:
+            self.picker.set_weight(b.slot, 0)
+
+    def _drop(self, b: Backend) -> None:
+        self.picker.remove(b.slot)
+        self.by_slot[b.slot] = None
+        if self.backends.get(b.address) is b:
+            del self.backends[b.address]
+
+    def _changed(self) -> None:
+        live = [
+            b for b in self.backends.values() if not b.removed and b.weight > 0 and not b.drained
+        ]
+        threshold = self.config.panic_threshold
+        healthy = self.picker.eligible_count()
+        self.panic = bool(live) and threshold > 0 and healthy * 100 < threshold * len(live)
+        for cb in self.on_change:
+            cb(self)
+
+    def refresh(self, b: Backend, now: float | None = None) -> None:
+        """Recompute a backend's eligibility after one of its inputs changed."""
+        now = self.clock() if now is None else now
+        eligible = b.eligible(now)
+        self.picker.set_eligible(b.slot, eligible, now, self.config.slow_start if eligible else 0.0)
+        self._changed()
+
+    def set_drained(self, b: Backend, drained: bool) -> None:
+        b.drained = drained
+        if drained:
+            self.picker.set_weight(b.slot, 0)
+        else:
+            self.picker.set_weight(b.slot, b.weight)
+        self.refresh(b)
+
+    # -- the request path -----------------------------------------------------------------------
+    def pick(self, now: float, exclude: Backend | None = None) -> Backend | None:
+        """Choose and take a backend (in-flight + 1); None when nothing can serve."""
+        picker = self.picker
+        if exclude is not None and not exclude.removed and len(self.backends) > 1:
+            picker.set_eligible(exclude.slot, False, now, 0.0)
+            slot = picker.pick(now, self.panic)
+            picker.set_eligible(exclude.slot, exclude.eligible(now), now, 0.0)
+            if slot < 0:
+                slot = picker.pick(now, self.panic)
+        else:
+            slot = picker.pick(now, self.panic)
+        if slot < 0:
+            return None
+        b = self.by_slot[slot]
+        assert b is not None
+        b.selected += 1
+        return b
+
+    def release(self, b: Backend) -> None:
+        """Give the slot back; exactly once per pick, however the exchange ended."""
+        if self.picker.release(b.slot) == 0 and b.removed:
+            self._drop(b)
+
+    def in_flight(self, b: Backend) -> int:
+        return self.picker.in_flight(b.slot)
+
+
+def static_specs(config: model.Service) -> list[tuple[str, int, int]]:
+    return [(b.address[0], b.address[1], b.weight) for b in config.backends]

@@ -1,0 +1,100 @@
+"""Command line: `lb run`, `lb check`, `lb version`."""
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from . import __version__
+from .config import ConfigError, load
+
+
+def _loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def cmd_version(_: argparse.Namespace) -> int:
+    from .balancer.picker import IMPLEMENTATION
+
+    print(f"lb {__version__}")
+    print(f"event loop: {_loop_name()}")
+    print(f"picker: {IMPLEMENTATION}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        loaded = load(args.config)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p)
+        return 1
+    from .routing.table import RouteTable
+
+    for w in (*loaded.warnings, *RouteTable(loaded.config.routes).shadowed()):
+        print(w)
+    if args.diff:
+        from .config.diff import diff_against_running
+
+        return diff_against_running(loaded, args.admin)
+    print(f"{args.config}: ok")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        loaded = load(args.config)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return 1
+    if args.workers not in (None, "1", 1):
+        from .workers import supervise
+
+        return supervise(args)
+    return run_server(args.config, loaded)
+
+
+def run_server(config_path: str, loaded: object, reuse_port: bool = False) -> int:
+    from .server import Server
+
+    async def main() -> None:
+        server = Server(config_path, loaded, reuse_port=reuse_port)  # type: ignore[arg-type]
+        await server.serve()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lb", description="Layer-7 load balancer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve traffic")
+    run.add_argument("-c", "--config", required=True, help="YAML file or directory")
+    run.add_argument("--workers", default=None, help="worker processes (N or auto)")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check", help="validate a config")
+    check.add_argument("-c", "--config", required=True)
+    check.add_argument("--diff", action="store_true", help="compare with the running lb")
+    check.add_argument("--admin", default=None, help="admin URL (default from the config)")
+    check.set_defaults(func=cmd_check)
+    version = sub.add_parser("version", help="print version, event loop and picker")
+    version.set_defaults(func=cmd_version)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+from .errors import ConfigError, Problem
+from .load import Loaded, load
+
+__all__ = ["ConfigError", "Loaded", "Problem", "load"]

@@ -1,0 +1,182 @@
+"""Load a config file, or a directory of them merged in name order, into a validated Config."""
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError, Mark, Problem
+from .model import Config
+from .schema import Builder, mark_of, marks
+
+_LISTS = ("listeners", "routes")  # concatenated across files; names must stay unique
+_MAPS = ("services",)  # merged across files; a name may appear once
+
+
+@dataclass(frozen=True)
+class Loaded:
+    config: Config
+    files: tuple[str, ...]
+    digest: str  # sha256 of the files' bytes: the config "hash" shown to operators
+    warnings: tuple[Problem, ...]
+
+
+def config_files(path: str) -> list[str]:
+    p = Path(path)
+    if p.is_dir():
+        return sorted(str(f) for f in p.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file())
+    return [str(p)]
+
+
+def load(path: str, environ: Mapping[str, str] | None = None) -> Loaded:
+    """Parse, merge and validate; raises ConfigError listing every problem."""
+    files = config_files(path)
+    if not files:
+        raise ConfigError([Problem(Mark(path, 1, 1), "", "no .yaml files in this directory")])
+    b = Builder(environ)
+    digest = hashlib.sha256()
+    root: yaml.MappingNode | None = None
+    owners: dict[str, yaml.Node] = {}
+    for name in files:
+        try:
+            raw = Path(name).read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                [Problem(Mark(name, 1, 1), "", f"cannot read: {exc.strerror}")]
+            ) from exc
+        digest.update(raw)
+        try:
+            node = yaml.compose(raw.decode("utf-8"), Loader=_loader(name))
+        except yaml.MarkedYAMLError as exc:
+            m = exc.problem_mark
+            line, col = (m.line + 1, m.column + 1) if m else (1, 1)
+            raise ConfigError([Problem(Mark(name, line, col), "", f"YAML: {exc.problem}")]) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError([Problem(Mark(name, 1, 1), "", "not UTF-8 text")]) from exc
+        if node is None:
+            continue
+        if not isinstance(node, yaml.MappingNode):
+            b.error(node, "", "expected a mapping at the top level")
+            continue
+        root = node if root is None else _merge(b, root, node, owners)
+        if root is node:
+            for k, v in node.value:
+                owners[str(k.value)] = v
+    if root is None:
+        root = yaml.MappingNode("tag:yaml.org,2002:map", [])
+    config = b.build_root(Config, root)
+    if config is not None:
+        _cross_check(b, config)
+    errors = [p for p in b.problems if p.severity == "error"]
+    if errors or config is None:
+        raise ConfigError(errors or b.problems)
+    warnings = tuple(p for p in b.problems if p.severity == "warning")
+    return Loaded(config, tuple(files), digest.hexdigest(), warnings)
+
+
+def _loader(name: str) -> type[yaml.SafeLoader]:
+    class Named(yaml.SafeLoader):
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self.name = name
+
+    return Named
+
+
+def _merge(
+    b: Builder, root: yaml.MappingNode, node: yaml.MappingNode, owners: dict[str, yaml.Node]
+) -> yaml.MappingNode:
+    """Fold a later file into the merged root; clashes name both places."""
+    index = {str(k.value): i for i, (k, _) in enumerate(root.value)}
+    for knode, vnode in node.value:
+        key = str(knode.value)
+        if key not in index:
+            root.value.append((knode, vnode))
+            index[key] = len(root.value) - 1
+            owners[key] = vnode
+            continue
+        prev = root.value[index[key]][1]
+        if (
+            key in _LISTS
+            and isinstance(prev, yaml.SequenceNode)
+            and isinstance(vnode, yaml.SequenceNode)
+        ):
+            merged = yaml.SequenceNode(prev.tag, prev.value + vnode.value, prev.start_mark)
+            root.value[index[key]] = (root.value[index[key]][0], merged)
+        elif (
+            key in _MAPS
+            and isinstance(prev, yaml.MappingNode)
+            and isinstance(vnode, yaml.MappingNode)
+        ):
+            names = {str(k.value): k for k, _ in prev.value}
+            for k2, _v2 in vnode.value:
+                if str(k2.value) in names:
+                    b.error(
+                        k2,
+                        f"{key}.{k2.value}",
+                        f"duplicate name, also defined at {mark_of(names[str(k2.value)])}",
+                    )
+            merged_m = yaml.MappingNode(prev.tag, prev.value + vnode.value, prev.start_mark)
+            root.value[index[key]] = (root.value[index[key]][0], merged_m)
+        else:
+            b.error(knode, key, f"already set at {mark_of(owners[key])}; set it in one file only")
+    return root
+
+
+def _cross_check(b: Builder, c: Config) -> None:
+    def unique(items: list, what: str, attr: str) -> None:  # type: ignore[type-arg]
+        seen: dict[object, Mark] = {}
+        for i, item in enumerate(items):
+            if item is None:
+                continue
+            key = getattr(item, attr)
+            m = marks(item).get(attr, marks(item)[""])
+            if key in seen:
+                shown = key if isinstance(key, str) else f"{key[0]}:{key[1]}"
+                b.error(m, f"{what}[{i}].{attr}", f'duplicate "{shown}", also at {seen[key]}')
+            else:
+                seen[key] = m
+
+    unique(c.listeners, "listeners", "name")
+    unique(c.listeners, "listeners", "bind")
+    unique(c.routes, "routes", "name")
+
+    def known(name: str | None, owner: object, field_name: str, path: str) -> None:
+        if name is not None and name not in c.services:
+            m = marks(owner).get(field_name, marks(owner)[""])
+            b.error(
+                m, path, f'unknown service "{name}" (services: {", ".join(c.services) or "none"})'
+            )
+
+    for i, r in enumerate(c.routes):
+        if r is None:
+            continue
+        known(r.service, r, "service", f"routes[{i}].service")
+        for j, t in enumerate(r.split or []):
+            if t is not None:
+                known(t.service, t, "service", f"routes[{i}].split[{j}].service")
+        uses_redis = r.rate_limit is not None and r.rate_limit.backend == "redis"
+        if uses_redis and c.redis is None:
+            b.error(
+                marks(r)["rate_limit"],
+                f"routes[{i}].rate_limit.backend",
+                "backend: redis needs a top-level redis: {url: ...} block",
+            )
+    for name, s in c.services.items():
+        if s is None:
+            continue
+        known(s.fallback, s, "fallback", f"services.{name}.fallback")
+        if s.fallback == name:
+            b.error(
+                marks(s)["fallback"],
+                f"services.{name}.fallback",
+                "a service cannot fall back to itself",
+            )
+    if not c.listeners:
+        b.error(
+            Mark(getattr(c, "_marks", {}).get("", Mark("?", 1, 1)).file, 1, 1),
+            "listeners",
+            "at least one listener is needed",
+        )

@@ -1,0 +1,436 @@
+"""The config schema: one dataclass per YAML mapping. Defaults follow HAProxy/Envoy practice.
+
+Field types drive validation (see schema.py); `check()` holds rules spanning fields.
+"""
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from .schema import Check, OneOrMany, Unit
+from .units import parse_duration, parse_rate, parse_size
+
+Report = Callable[[str, str], None]
+
+Duration = Annotated[float, Unit(parse_duration, numbers_ok=True)]
+Size = Annotated[int, Unit(parse_size)]
+Rate = Annotated[tuple[float, float], Unit(parse_rate)]
+Percent = Annotated[float, Check(lambda v: 0 <= v <= 100, "a percentage from 0 to 100")]
+Positive = Annotated[int, Check(lambda v: v > 0, "a positive integer")]
+NonNegative = Annotated[int, Check(lambda v: v >= 0, "an integer >= 0")]
+Status = Annotated[int, Check(lambda v: 100 <= v <= 599, "an HTTP status from 100 to 599")]
+
+
+def _valid_regex(text: str) -> bool:
+    try:
+        re.compile(text)
+    except re.error:
+        return False
+    return True
+
+
+def split_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'an address "host:port", found "{text}"')
+    return host.strip("[]"), int(port)
+
+
+def _valid_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+Regex = Annotated[str, Check(_valid_regex, "a valid regular expression")]
+Address = Annotated[tuple[str, int], Unit(split_hostport)]
+Cidr = Annotated[str, Check(_valid_cidr, "a CIDR like 10.0.0.0/8")]
+
+
+# -- listeners ---------------------------------------------------------------------------------
+@dataclass
+class Certificate:
+    cert: str
+    key: str
+
+    def check(self, report: Report) -> None:
+        for name in ("cert", "key"):
+            if not os.path.isfile(getattr(self, name)):
+                report(name, f'file not found: "{getattr(self, name)}"')
+
+
+@dataclass
+class ListenerTls:
+    certificates: list[Certificate]
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+    def check(self, report: Report) -> None:
+        if not self.certificates:
+            report("certificates", "at least one certificate is needed")
+
+
+@dataclass
+class ListenerTimeouts:
+    client_head: Duration = 10.0  # the whole request head must arrive within this (408 after)
+    keepalive_idle: Duration = 60.0  # idle keep-alive client connections are closed after this
+    client_body_idle: Duration = 60.0  # no body bytes from the client for this long: 408
+    drain: Duration = 30.0  # graceful shutdown: how long in-flight requests may take
+
+
+@dataclass
+class Limits:
+    max_header_size: Size = 64 * 1024  # request line + headers; 431 beyond
+    max_body_size: Size | None = None  # 413 beyond; none by default, like HAProxy and Envoy
+
+
+@dataclass
+class AccessLog:
+    enabled: bool = True
+    path: str | None = None  # None: stdout
+    fields: list[str] | None = None  # None: all fields
+
+
+@dataclass
+class RateLimit:
+    rate: Rate
+    burst: NonNegative = 0
+    key: Annotated[list[str], OneOrMany] = field(default_factory=lambda: ["client_ip"])
+    dry_run: bool = False
+    backend: Literal["local", "redis"] = "local"
+    on_redis_failure: Literal["local", "allow", "deny"] = "local"
+    max_keys: Positive = 100_000
+
+    def check(self, report: Report) -> None:
+        for k in self.key:
+            if k not in ("client_ip", "route") and not k.startswith("header:"):
+                report("key", f'expected client_ip, route or header:NAME, found "{k}"')
+
+
+@dataclass
+class Listener:
+    name: str
+    bind: Address
+    tls: ListenerTls | None = None
+    redirect_to_https: int | None = None  # plain listener answering 308 to https on this port
+    timeouts: ListenerTimeouts = field(default_factory=ListenerTimeouts)
+    limits: Limits = field(default_factory=Limits)
+    access_log: AccessLog | None = None
+    rate_limit: RateLimit | None = None
+    trusted_proxies: list[Cidr] = field(default_factory=list)
+
+
+# -- control plane -----------------------------------------------------------------------------
+@dataclass
+class Admin:
+    bind: Address = ("127.0.0.1", 9901)
+    token: str | None = None
+
+    def check(self, report: Report) -> None:
+        if self.bind[0] not in ("127.0.0.1", "localhost", "::1") and not self.token:
+            report("token", "binding the admin port beyond loopback requires a bearer token")
+
+
+@dataclass
+class Metrics:
+    enabled: bool = True
+    max_backends_per_service: Positive = 100  # per-backend labels beyond this fold into "other"
+
+
+@dataclass
+class ConsulSelfRegistration:
+    name: str = "lb"
+    id: str | None = None
+    address: str | None = None
+    check_interval: Duration = 10.0
+
+
+@dataclass
+class Consul:
+    address: str = field(
+        default_factory=lambda: os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500")
+    )
+    token: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    consistency: Literal["default", "stale", "consistent"] = "default"
+    wait: Duration = 300.0
+    auto: bool = False
+    register: ConsulSelfRegistration | None = None
+
+    def check(self, report: Report) -> None:
+        if not 0 < self.wait <= 600:
+            report("wait", "expected a blocking wait between 0 and 10m")
+
+
+@dataclass
+class Redis:
+    url: str = "redis://127.0.0.1:6379/0"
+    timeout: Duration = 0.05
+
+
+# -- services ----------------------------------------------------------------------------------
+@dataclass
+class BackendSpec:
+    address: Address
+    weight: NonNegative = 1
+
+    @classmethod
+    def from_scalar(cls, text: str) -> "BackendSpec":
+        return cls(split_hostport(text))
+
+
+@dataclass
+class ConsulService:
+    service: str
+    tags: list[str] = field(default_factory=list)
+    datacenter: str | None = None
+    weight: NonNegative | None = None  # overrides Consul's Weights.Passing when set
+
+
+@dataclass
+class ServiceTimeouts:
+    connect: Duration = 5.0
+    response_head: Duration = 30.0  # 504 when the backend's response head takes longer
+    idle: Duration = 60.0  # no bytes either way while streaming: close
+
+
+@dataclass
+class Pool:
+    max_idle: NonNegative = 64  # idle keep-alive connections kept per backend
+    idle_timeout: Duration = 60.0
+
+
+@dataclass
+class UpstreamTls:
+    ca: str | None = None  # None: system trust store
+    sni: str | None = None
+    verify: bool = True
+
+
+@dataclass
+class HealthCheck:
+    path: str = "/healthz"
+    expected_statuses: list[Status] = field(default_factory=lambda: list(range(200, 400)))
+    interval: Duration = 2.0
+    timeout: Duration = 1.0
+    rise: Positive = 2
+    fall: Positive = 3
+    jitter: Annotated[float, Check(lambda v: 0 <= v < 1, "a fraction from 0 to 1")] = 0.1
+    host: str | None = None
+
+
+@dataclass
+class CircuitBreaker:
+    max_connections: Positive = 1024
+    max_pending: Positive = 1024
+    max_requests: Positive = 1024
+    max_retries: NonNegative = 3
+    failure_ratio: Annotated[float, Check(lambda v: 0 < v <= 1, "a ratio in (0, 1]")] = 0.5
+    min_requests: Positive = 20
+    window: Duration = 10.0
+    consecutive_failures: Positive = 5
+    open_for: Duration = 5.0
+    max_open_for: Duration = 60.0
+    half_open_requests: Positive = 1
+    failure_on: list[Literal["connect", "timeout", "5xx"]] = field(
+        default_factory=lambda: ["connect", "timeout", "5xx"]
+    )
+
+
+@dataclass
+class OutlierDetection:
+    consecutive_errors: Positive = 5
+    base_ejection: Duration = 30.0
+    max_ejection: Duration = 300.0
+    max_ejection_percent: Percent = 10.0
+
+
+@dataclass
+class Service:
+    discovery: Literal["static", "consul"] = "static"
+    backends: list[BackendSpec] = field(default_factory=list)
+    consul: ConsulService | None = None
+    slow_start: Duration = 0.0
+    timeouts: ServiceTimeouts = field(default_factory=ServiceTimeouts)
+    pool: Pool = field(default_factory=Pool)
+    tls: UpstreamTls | None = None
+    health_check: HealthCheck | None = None
+    circuit_breaker: CircuitBreaker | None = None
+    outlier_detection: OutlierDetection | None = None
+    panic_threshold: Percent = 50.0
+    fallback: str | None = None
+
+    def check(self, report: Report) -> None:
+        if self.discovery == "consul" and self.consul is None:
+            report("consul", "discovery: consul needs consul: {service: NAME}")
+        if self.discovery == "static" and self.consul is not None:
+            report("consul", "consul settings need discovery: consul")
+        if self.discovery == "consul" and self.backends:
+            report("backends", "static backends cannot be combined with discovery: consul")
+        seen: set[tuple[str, int]] = set()
+        for b in self.backends:
+            if b.address in seen:
+                report("backends", f"duplicate backend {b.address[0]}:{b.address[1]}")
+            seen.add(b.address)
+
+
+# -- routes ------------------------------------------------------------------------------------
+@dataclass
+class PathMatch:
+    exact: str | None = None
+    prefix: str | None = None
+    regex: Regex | None = None
+
+    def check(self, report: Report) -> None:
+        given = [k for k in ("exact", "prefix", "regex") if getattr(self, k) is not None]
+        if len(given) != 1:
+            report("", "expected exactly one of exact, prefix, regex")
+        for k in ("exact", "prefix"):
+            v = getattr(self, k)
+            if v is not None and not v.startswith("/"):
+                report(k, f'a path starts with "/", found "{v}"')
+
+
+@dataclass
+class ValueMatch:
+    name: str
+    exact: str | None = None
+    regex: Regex | None = None
+    present: bool | None = None
+
+    def check(self, report: Report) -> None:
+        given = [k for k in ("exact", "regex", "present") if getattr(self, k) is not None]
+        if len(given) != 1:
+            report("", "expected exactly one of exact, regex, present")
+
+
+@dataclass
+class Match:
+    host: Annotated[list[str], OneOrMany] = field(default_factory=list)
+    path: PathMatch | None = None
+    methods: list[str] = field(default_factory=list)
+    headers: list[ValueMatch] = field(default_factory=list)
+    query: list[ValueMatch] = field(default_factory=list)
+
+    def check(self, report: Report) -> None:
+        for h in self.host:
+            if "*" in h and not (h.startswith("*.") and "*" not in h[2:]):
+                report("host", f'a wildcard host looks like "*.example.com", found "{h}"')
+        self.methods = [m.upper() for m in self.methods]
+
+
+@dataclass
+class SplitTarget:
+    service: str
+    weight: NonNegative
+
+
+@dataclass
+class Sticky:
+    header: str | None = None
+    cookie: str | None = None
+
+    def check(self, report: Report) -> None:
+        if (self.header is None) == (self.cookie is None):
+            report("", "expected exactly one of header, cookie")
+
+
+@dataclass
+class RegexRewrite:
+    pattern: Regex
+    replacement: str
+
+
+@dataclass
+class Rewrite:
+    strip_prefix: str | None = None
+    add_prefix: str | None = None
+    regex: RegexRewrite | None = None
+
+
+@dataclass
+class HeaderOps:
+    set: dict[str, str] = field(default_factory=dict)
+    add: dict[str, str] = field(default_factory=dict)
+    remove: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Redirect:
+    scheme: Literal["http", "https"] | None = None
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    status: Literal[301, 302, 307, 308] = 302
+
+
+@dataclass
+class Respond:
+    status: Status = 200
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RouteTimeouts:
+    response_head: Duration | None = None
+    idle: Duration | None = None
+
+
+@dataclass
+class Retries:
+    attempts: Annotated[int, Check(lambda v: 1 <= v <= 10, "1 to 10 attempts")] = 2
+    on: list[Literal["connect-failure", "reset", "5xx", "gateway-error", "retriable-status"]] = (
+        field(default_factory=lambda: ["connect-failure", "reset"])
+    )
+    statuses: list[Status] = field(default_factory=lambda: [502, 503, 504])
+    per_try_timeout: Duration | None = None
+    backoff: Duration = 0.025
+    max_backoff: Duration = 0.25
+    budget_percent: Percent = 20.0
+    min_retry_concurrency: NonNegative = 3
+
+
+@dataclass
+class Route:
+    name: str
+    match: Match = field(default_factory=Match)
+    priority: int | None = None
+    service: str | None = None
+    split: list[SplitTarget] | None = None
+    sticky: Sticky | None = None
+    redirect: Redirect | None = None
+    respond: Respond | None = None
+    rewrite: Rewrite | None = None
+    request_headers: HeaderOps = field(default_factory=HeaderOps)
+    response_headers: HeaderOps = field(default_factory=HeaderOps)
+    timeouts: RouteTimeouts = field(default_factory=RouteTimeouts)
+    max_body_size: Size | None = None
+    rate_limit: RateLimit | None = None
+    retries: Retries | None = None
+
+    def check(self, report: Report) -> None:
+        actions = [a for a in ("service", "split", "redirect", "respond") if getattr(self, a)]
+        if len(actions) != 1:
+            report("", "a route needs exactly one action: service, split, redirect or respond")
+        if self.split is not None and sum(t.weight for t in self.split) == 0:
+            report("split", "the split's weights add up to 0")
+        if self.sticky is not None and self.split is None:
+            report("sticky", "sticky applies to a split")
+
+
+@dataclass
+class Config:
+    listeners: list[Listener] = field(default_factory=list)
+    admin: Admin = field(default_factory=Admin)
+    metrics: Metrics = field(default_factory=Metrics)
+    consul: Consul | None = None
+    redis: Redis | None = None
+    services: dict[str, Service] = field(default_factory=dict)
+    routes: list[Route] = field(default_factory=list)

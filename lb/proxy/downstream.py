@@ -1,0 +1,391 @@
+"""The client side: one Protocol per client connection, parsing requests with httptools.
+
+Requests are answered strictly in order. A pipelined request that arrives while an earlier
+one is still being answered is parsed, queued, and started when its turn comes; reading
+pauses meanwhile, so what a client can make lb hold is bounded by one read.
+"""
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import httptools
+
+from . import responses
+from .exchange import Exchange
+from .headers import BadRequest, analyze_request
+from .timer import Deadline
+
+_PAUSE_UPSTREAM, _PAUSE_QUEUE, _PAUSE_BUFFER = 1, 2, 4
+
+
+class _Refuse(Exception):
+    """Raised from a parser callback to stop parsing and answer with `status`."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_body_limit_hit",
+        "_head_bytes",
+        "_headers",
+        "_paused",
+        "_req",
+        "_trailers",
+        "_url",
+        "closing",
+        "current",
+        "deadline",
+        "in_headers",
+        "listener",
+        "loop",
+        "parser",
+        "peer_ip",
+        "queue",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, listener: Any) -> None:
+        self.listener = listener
+        self.loop: asyncio.AbstractEventLoop = listener.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer_ip = b"unknown"
+        self.current: Exchange | None = None  # the exchange whose response is being written
+        self.queue: deque[Exchange] = deque()
+        self._req: Exchange | None = None  # the exchange whose request is being read
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._trailers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self.in_headers = False
+        self._paused = 0
+        self.closing = False
+        self.tunnel: Any = None
+        self.deadline = Deadline(self.loop, self._on_timeout)
+
+    # -- transport events -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip = str(peer[0]).encode()
+        self.listener.opened(self)
+        self.deadline.set(self.listener.timeouts.client_head, "head")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.deadline.cancel()
+        self.listener.closed(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        if self.current is not None:
+            self.current.client_lost()
+            self.current = None
+        for ex in self.queue:
+            ex.client_lost()
+        self.queue.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.to_backend(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            ex = self._req
+            if ex is not None:
+                ex.early = data[upgrade.args[0] :]
+        except _Refuse as refusal:
+            self._refuse(refusal.status)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._refuse(cause.status if isinstance(cause, _Refuse | BadRequest) else 400)
+        except httptools.HttpParserError:
+            self._refuse(400)
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client may still be owed a response; keep writing until it is sent.
+        if self.current is None and not self.queue:
+            return None
+        return True
+
+    def pause_writing(self) -> None:
+        if self.current is not None:
+            self.current.client_paused()
+        if self.tunnel is not None:
+            self.tunnel.pause_backend()
+
+    def resume_writing(self) -> None:
+        if self.current is not None:
+            self.current.client_resumed()
+        if self.tunnel is not None:
+            self.tunnel.resume_backend()
+
+    # -- parser callbacks -----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._trailers = []
+        self._head_bytes = 0
+        self.in_headers = True
+        self.deadline.set(self.listener.timeouts.client_head, "head")
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self.listener.max_header_size:
+            raise _Refuse(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_headers:
+            self._head_bytes += len(name) + len(value) + 4
+            if self._head_bytes > self.listener.max_header_size:
+                raise _Refuse(431)
+            self._headers.append((name, value))
+        else:
+            self._trailers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_headers = False
+        parser = self.parser
+        http10 = parser.get_http_version() == "1.0"
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise _Refuse(501)
+        info = analyze_request(self._headers, http10)
+        if info.host is None and not http10:
+            raise BadRequest(400, "HTTP/1.1 request without Host")
+        target = self._url
+        if not target.startswith(b"/"):
+            target = self._absolute_form(target, info)
+        path, _, query = target.decode("latin-1").partition("?")
+        if "/." in path or "%2e" in path.lower():
+            path = _normalize(path)
+            target = (path + ("?" + query if query else "")).encode("latin-1")
+        host = (info.host or b"").decode("latin-1").lower()
+        colon = host.rfind(":")
+        if colon != -1 and "]" not in host[colon:]:
+            host = host[:colon]
+        listener = self.listener
+        route = listener.runtime.table.lookup(host, method, path, query, self._headers)
+        keep_alive = parser.should_keep_alive() and not self.closing
+        ex = Exchange(
+            self, method, target, path, query, info, http10, keep_alive, route, self.loop.time()
+        )
+        ex.upgrade = parser.should_upgrade()
+        limit = self.body_limit(ex)
+        if limit is not None and (info.content_length or 0) > limit:
+            ex.req_done = False
+            self._req = ex
+            raise _Refuse(413)
+        self._req = ex
+        if ex.req_done:
+            self.deadline.clear()
+        else:
+            self.deadline.set(listener.timeouts.client_body_idle, "body")
+        if self.current is None:
+            self.current = ex
+            ex.start()
+        else:
+            self.queue.append(ex)
+            self.pause_reading(_PAUSE_QUEUE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self._req
+        if ex is not None:
+            self.deadline.set(self.listener.timeouts.client_body_idle, "body")
+            if ex.started:
+                ex.request_body(body)
+            else:
+                ex.body_buf.append(b"%x\r\n%b\r\n" % (len(body), body) if ex.info.chunked else body)
+                ex.body_bytes += len(body)
+
+    def on_message_complete(self) -> None:
+        ex = self._req
+        if ex is None:
+            return
+        if self.current is ex or ex.started:
+            self.deadline.clear()
+        if ex.started:
+            ex.request_complete(self._trailers)
+        else:
+            ex.req_done = True
+            if ex.info.chunked:
+                from .headers import join_headers
+
+                ex.body_buf.append(b"0\r\n" + join_headers(self._trailers) + b"\r\n")
+
+    # -- helpers for the exchange ---------------------------------------------------------------
+    def body_limit(self, ex: Exchange) -> int | None:
+        route = ex.route
+        if route is not None and route.max_body_size is not None:
+            return route.max_body_size
+        return self.listener.max_body_size
+
+    def reject_body(self, ex: Exchange) -> None:
+        if ex.response_started:
+            self.abort()
+        else:
+            ex.req_done = False
+            ex.keep_alive = False
+            conn = ex.upstream
+            if conn is not None:
+                ex.upstream = None
+                conn.exchange = None
+                conn.abort()
+            ex.reply_error(413)
+
+    def redirect_target(self, ex: Exchange, r: Any) -> tuple[int, bytes]:
+        scheme = r.scheme or self.listener.scheme
+        host = r.host or (ex.info.host or self.listener.default_host).decode("latin-1")
+        if r.host or r.port:
+            host = host.split(":")[0] if not host.startswith("[") else host
+        if r.port:
+            host = f"{host}:{r.port}"
+        path = r.path or ex.path
+        if ex.query and not r.path:
+            path = f"{path}?{ex.query}"
+        return r.status, f"{scheme}://{host}{path}".encode("latin-1")
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def pause_reading(self, reason: int) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def exchange_done(self, ex: Exchange, close: bool) -> None:
+        if self.current is not ex:
+            return
+        self.current = None
+        if self._req is ex:
+            self._req = None
+        if close or self.closing:
+            self._close_after_write()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.current = nxt
+            if not self.queue:
+                self.resume_reading(_PAUSE_QUEUE)
+            nxt.start()
+            return
+        self.resume_reading(_PAUSE_QUEUE)
+        if not self.in_headers:
+            self.deadline.set(self.listener.timeouts.keepalive_idle, "idle")
+
+    def start_tunnel(self, ex: Exchange, conn: Any, rest: bytes) -> None:
+        from .tunnel import Tunnel
+
+        self.current = None
+        self.tunnel = Tunnel(self, conn, self.listener.tunnel_idle(ex))
+        if rest:
+            self.write(rest)
+        if ex.early:
+            self.tunnel.to_backend(ex.early)
+        self.resume_reading(_PAUSE_QUEUE | _PAUSE_BUFFER)
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close_idle(self) -> bool:
+        """Graceful shutdown: close now if between requests; otherwise after this response."""
+        self.closing = True
+        if self.current is None and not self.in_headers and self.tunnel is None:
+            self._close_after_write()
+            return True
+        return False
+
+    def _close_after_write(self) -> None:
+        self.closing = True
+        self.deadline.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _refuse(self, status: int) -> None:
+        ex = self._req if self._req is not None and not self._req.response_started else None
+        if ex is not None and self.current is ex and not ex._finished:
+            ex.keep_alive = False
+            ex.req_done = False
+            conn = ex.upstream
+            if conn is not None:
+                ex.upstream = None
+                conn.exchange = None
+                conn.abort()
+            ex.reply_error(status)
+            return
+        if self.current is not None:
+            # An earlier exchange is still answering: stop reading and close after it.
+            self.closing = True
+            for queued in self.queue:
+                queued.client_lost()
+            self.queue.clear()
+            self.pause_reading(_PAUSE_QUEUE)
+            if ex is not None and ex is not self.current:
+                ex.client_lost()
+            return
+        self.listener.runtime.record_refusal(self, status)
+        self.write(responses.error(status, True))
+        self._close_after_write()
+
+    def _on_timeout(self, kind: str) -> None:
+        if kind == "idle":
+            self._close_after_write()
+        elif self.current is None or not self.current.response_started:
+            if kind == "head" and not self.in_headers and self.current is None:
+                self._close_after_write()  # a silent connection: just close it
+                return
+            self._refuse(408)
+        else:
+            self.abort()
+
+    @staticmethod
+    def _absolute_form(target: bytes, info: Any) -> bytes:
+        # "GET http://host/path HTTP/1.1": the target's host wins over the Host header.
+        lower = target.lower()
+        for scheme in (b"http://", b"https://"):
+            if lower.startswith(scheme):
+                rest = target[len(scheme) :]
+                slash = rest.find(b"/")
+                authority, path = (rest, b"/") if slash == -1 else (rest[:slash], rest[slash:])
+                if authority:
+                    info.host = authority
+                return path
+        if target == b"*":
+            return target
+        raise BadRequest(400, "bad request target")
+
+
+def _normalize(path: str) -> str:
+    """RFC 3986 dot-segment removal, so "/public/../admin" is routed as "/admin".
+
+    Encoded dots count as dots (or "/public/%2e%2e/admin" would slip past its route's
+    prefix); nothing else is decoded, so the forwarded path keeps its encoding.
+    """
+    decoded = path.replace("%2e", ".").replace("%2E", ".")
+    out: list[str] = []
+    for seg in decoded.split("/"):
+        if seg == "..":
+            if len(out) > 1:
+                out.pop()
+        elif seg != ".":
+            out.append(seg)
+    result = "/".join(out)
+    if decoded.endswith(("/.", "/..")):
+        result += "/"
+    return result if result.startswith("/") else "/" + result

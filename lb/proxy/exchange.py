@@ -1,0 +1,601 @@
+"""One request/response exchange: route action, backend choice, forwarding, outcome.
+
+Events arrive from two sides: the client connection (request body, end of request, client
+gone) and the upstream connection (response head, body, end, errors, timeouts). Every path
+ends in `_finish`, which runs exactly once and gives the picker slot back.
+"""
+
+import asyncio
+from typing import Any
+
+from ..balancer.backend import Backend
+from ..balancer.service import Service
+from ..routing.route import Route
+from . import responses
+from .headers import RequestInfo, analyze_response, join_headers
+from .upstream import UpstreamConnection, connect, take_idle
+
+REPLAY_LIMIT = 64 * 1024  # request bytes kept for a retry; beyond this, no retry
+BUFFER_LIMIT = 256 * 1024  # body bytes held while connecting before the client is paused
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_STATUS_LINES = {s: f"HTTP/1.1 {s} {responses.reason(s)}\r\n".encode() for s in range(100, 600)}
+_FAILURE_STATUS = {
+    "connect-failure": 502,
+    "reset": 502,
+    "protocol": 502,
+    "connect-timeout": 504,
+    "response-head": 504,
+}
+
+
+class Exchange:
+    __slots__ = (
+        "_finished",
+        "_paused_upstream",
+        "attempts",
+        "backend",
+        "body_buf",
+        "body_bytes",
+        "body_sent",
+        "chunked_out",
+        "client",
+        "close_after",
+        "early",
+        "failure",
+        "head",
+        "http10",
+        "info",
+        "interim",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "replayable",
+        "req_done",
+        "resp_bytes",
+        "resp_chunked",
+        "response_done",
+        "response_started",
+        "retries",
+        "route",
+        "service",
+        "started",
+        "status",
+        "t0",
+        "t_upstream",
+        "target",
+        "tunnel",
+        "until_eof",
+        "upgrade",
+        "upstream",
+        "upstream_keepalive",
+        "upstream_name",
+    )
+
+    def __init__(
+        self,
+        client: Any,
+        method: bytes,
+        target: bytes,
+        path: str,
+        query: str,
+        info: RequestInfo,
+        http10: bool,
+        keep_alive: bool,
+        route: Route | None,
+        now: float,
+    ) -> None:
+        self.client = client
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.info = info
+        self.http10 = http10
+        self.keep_alive = keep_alive
+        self.route = route
+        self.t0 = now
+        self.t_upstream = 0.0
+        self.service: Service | None = None
+        self.backend: Backend | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.upstream_name = ""
+        self.head = b""
+        self.body_buf: list[bytes] = []
+        self.body_bytes = 0
+        self.body_sent = False  # body bytes went to a backend that may have consumed them
+        self.replayable = True
+        # A request without a body is complete once its head is in.
+        self.req_done = not (info.chunked or info.content_length)
+        self.started = False
+        self.response_started = False
+        self.response_done = False
+        self.resp_chunked = False
+        self.chunked_out = False
+        self.until_eof = False
+        self.close_after = False
+        self.interim = False
+        self.upgrade = False
+        self.tunnel = False
+        self.early = b""
+        self.status = 0
+        self.resp_bytes = 0
+        self.failure = ""
+        self.attempts = 0
+        self.retries = 0
+        self.upstream_keepalive = True
+        self._finished = False
+        self._paused_upstream = False
+
+    # -- starting -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.started = True
+        route = self.route
+        client = self.client
+        if route is None:
+            self.reply_error(404)
+            return
+        if route.fixed is not None:
+            status, lines, body = route.fixed
+            self.reply(
+                status,
+                responses.build(
+                    status,
+                    body,
+                    close=self.must_close(),
+                    extra=lines,
+                    head_only=self.method == b"HEAD",
+                ),
+            )
+            return
+        if route.redirect is not None:
+            status, location = client.redirect_target(self, route.redirect)
+            self.reply(
+                status,
+                responses.build(
+                    status,
+                    b"",
+                    close=self.must_close(),
+                    extra=b"location: " + location + b"\r\n",
+                    head_only=self.method == b"HEAD",
+                ),
+            )
+            return
+        if route.limiter is not None and not route.limiter.admit(self):
+            return
+        name = route.service if route.split is None else route.split.choose(self.info.forward)
+        service = client.listener.runtime.services.get(name)
+        if service is None:
+            self.reply_error(503)
+            return
+        self.service = service
+        self.dispatch()
+
+    def dispatch(self, exclude: Backend | None = None) -> None:
+        service = self.service
+        assert service is not None
+        now = self.client.loop.time()
+        b = service.pick(now, exclude)
+        if b is None:
+            fallback = service.fallback
+            if fallback is not None and fallback is not service:
+                self.service = fallback
+                b = fallback.pick(now)
+            if b is None:
+                self.reply_error(503)
+                return
+        self.backend = b
+        self.attempts += 1
+        self.upstream_name = b.name
+        conn = take_idle(b)
+        if conn is not None:
+            self._send(conn)
+        else:
+            self.client.loop.create_task(self._connect(b))
+
+    async def _connect(self, b: Backend) -> None:
+        svc = self.service
+        assert svc is not None
+        loop = self.client.loop
+        try:
+            conn = await asyncio.wait_for(
+                connect(
+                    b,
+                    loop,
+                    svc.config.pool.idle_timeout,
+                    self.client.listener.runtime.upstream_tls(svc),
+                    svc.config.tls.sni if svc.config.tls else None,
+                ),
+                svc.config.timeouts.connect,
+            )
+        except TimeoutError:
+            self.attempt_failed("connect-timeout")
+            return
+        except (OSError, asyncio.CancelledError) as exc:
+            self.attempt_failed("connect-failure", str(exc))
+            return
+        if self._finished or self.backend is not b:
+            conn.release(svc.config.pool.max_idle)  # the client left while we connected
+            return
+        self._send(conn)
+
+    def _request_head(self) -> bytes:
+        if self.head:
+            return self.head
+        info = self.info
+        route = self.route
+        assert route is not None
+        target = self.target
+        if route.rewrite is not None:
+            path = route.rewrite(self.path)
+            target = (path + ("?" + self.query if self.query else "")).encode("latin-1")
+        headers = info.forward
+        if route.request_rules is not None:
+            headers = route.request_rules.apply(headers)
+        client = self.client
+        xff = client.peer_ip if info.xff is None else info.xff + b", " + client.peer_ip
+        extra = [
+            b"host: ",
+            info.host or client.listener.default_host,
+            b"\r\n",
+            b"x-forwarded-for: ",
+            xff,
+            b"\r\n",
+            client.listener.proto_line,
+            b"x-request-id: ",
+            info.request_id or b"",
+            b"\r\n",
+        ]
+        if info.host is not None:
+            extra += [b"x-forwarded-host: ", info.host, b"\r\n"]
+        if self.upgrade:
+            extra += [b"connection: upgrade\r\nupgrade: ", info.upgrade or b"", b"\r\n"]
+        if info.expect_continue:
+            extra.append(b"expect: 100-continue\r\n")
+        if info.chunked:
+            extra.append(b"transfer-encoding: chunked\r\n")
+        elif info.content_length is not None:
+            extra += [b"content-length: ", b"%d" % info.content_length, b"\r\n"]
+        self.head = b"".join(
+            [self.method, b" ", target, b" HTTP/1.1\r\n", join_headers(headers), *extra, b"\r\n"]
+        )
+        return self.head
+
+    def _send(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        svc = self.service
+        assert svc is not None
+        data = self._request_head()
+        if self.body_buf:
+            data = b"".join([data, *self.body_buf])
+            self.body_sent = True
+            if not self.replayable:
+                self.body_buf = []
+        if self.early:
+            data += self.early
+        route = self.route
+        timeout = (
+            route.response_head_timeout
+            if route and route.response_head_timeout
+            else svc.config.timeouts.response_head
+        )
+        conn.deadline.set(timeout, "response-head")
+        self.t_upstream = self.client.loop.time()
+        conn.send(self, data, self.method == b"HEAD")
+        self.client.resume_reading(4)
+
+    # -- request body from the client -----------------------------------------------------------
+    def request_body(self, chunk: bytes) -> None:
+        self.body_bytes += len(chunk)
+        limit = self.client.body_limit(self)
+        if limit is not None and self.body_bytes > limit:
+            self.client.reject_body(self)
+            return
+        framed = b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.info.chunked else chunk
+        conn = self.upstream
+        if conn is not None and not conn.closed and conn.transport is not None:
+            assert conn.transport is not None
+            conn.transport.write(framed)
+            self.body_sent = True
+            if self.replayable:
+                self._keep_for_replay(framed)
+            return
+        self.body_buf.append(framed)
+        if self.replayable and self.body_bytes > REPLAY_LIMIT:
+            self.replayable = False
+        if sum(len(c) for c in self.body_buf) > BUFFER_LIMIT:
+            self.client.pause_reading(4)
+
+    def _keep_for_replay(self, framed: bytes) -> None:
+        if self.body_bytes > REPLAY_LIMIT:
+            self.replayable = False
+            self.body_buf = []
+        else:
+            self.body_buf.append(framed)
+
+    def request_complete(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        self.req_done = True
+        if not self.info.chunked:
+            return
+        end = b"0\r\n" + join_headers(trailers) + b"\r\n"
+        conn = self.upstream
+        if conn is not None and not conn.closed and conn.transport is not None:
+            conn.transport.write(end)
+            if self.replayable:
+                self.body_buf.append(end)
+        else:
+            self.body_buf.append(end)
+
+    # -- response from the backend --------------------------------------------------------------
+    def response_head(
+        self,
+        conn: UpstreamConnection,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+    ) -> None:
+        svc = self.service
+        assert svc is not None
+        if status < 200 and status != 101:
+            self.interim = True
+            if not self.http10:  # 1xx never goes to an HTTP/1.0 client
+                conn.pending.append(
+                    _STATUS_LINES.get(status, b"HTTP/1.1 100 Continue\r\n")
+                    + join_headers(headers)
+                    + b"\r\n"
+                )
+            return
+        route = self.route
+        idle = route.idle_timeout if route and route.idle_timeout else svc.config.timeouts.idle
+        conn.deadline.set(idle, "idle")
+        self.status = status
+        self.response_started = True
+        self.upstream_keepalive = keep_alive
+        info = analyze_response(headers)
+        fwd = info.forward
+        if route is not None and route.response_rules is not None:
+            fwd = route.response_rules.apply(fwd)
+        line = (
+            _STATUS_LINES.get(status)
+            if not reason or reason == responses.reason(status).encode()
+            else None
+        )
+        if line is None:
+            line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
+        if status == 101:
+            self.tunnel = self.upgrade
+            conn.pending.append(
+                line
+                + join_headers(fwd)
+                + b"connection: upgrade\r\nupgrade: "
+                + (self.info.upgrade or b"")
+                + b"\r\n\r\n"
+            )
+            return
+        if self.upgrade:
+            self.close_after = True  # the client's parser is in upgrade mode; start afresh
+        framing = b""
+        no_body = self.method == b"HEAD" or status in (204, 304)
+        if info.content_length is not None:
+            framing = b"content-length: %d\r\n" % info.content_length
+        elif no_body:
+            pass
+        else:
+            # Chunked, or a body that runs until the backend closes: chunk it for an HTTP/1.1
+            # client; an HTTP/1.0 client cannot take chunks, so its body ends with the close.
+            self.until_eof = not info.chunked
+            if self.http10:
+                self.close_after = True
+            else:
+                framing = b"transfer-encoding: chunked\r\n"
+                self.chunked_out = True
+        client = self.client
+        if not self.keep_alive or client.closing:
+            self.close_after = True
+        if self.close_after:
+            conn_line = b"connection: close\r\n"
+        else:
+            conn_line = b"connection: keep-alive\r\n" if self.http10 else b""
+        conn.pending.append(b"".join([line, join_headers(fwd), framing, conn_line, b"\r\n"]))
+
+    def response_body(self, body: bytes) -> None:
+        self.resp_bytes += len(body)
+        conn = self.upstream
+        if conn is None:
+            return
+        if self.chunked_out:
+            conn.pending.append(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            conn.pending.append(body)
+
+    def response_body_violation(self, conn: UpstreamConnection) -> None:
+        conn.abort()
+
+    def response_complete(
+        self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]
+    ) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.tunnel:
+            return
+        if self.chunked_out:
+            conn.pending.append(b"0\r\n" + join_headers(trailers) + b"\r\n")
+        self.response_done = True
+
+    def response_finished(self, conn: UpstreamConnection) -> None:
+        """The whole response is written to the client: settle both connections."""
+        svc = self.service
+        assert svc is not None
+        self.upstream = None
+        if self.req_done and self.upstream_keepalive and not conn.closed:
+            conn.release(svc.config.pool.max_idle)
+        else:
+            conn.close()
+        self._finish(True)
+        self.client.exchange_done(self, self.close_after or not self.req_done)
+
+    def write_client(self, data: bytes) -> None:
+        self.client.write(data)
+
+    # -- tunnel ---------------------------------------------------------------------------------
+    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        if not self.tunnel:
+            conn.abort()
+            return
+        conn.deadline.clear()
+        self.upstream = None
+        self._finish(True)
+        self.client.start_tunnel(self, conn, rest)
+
+    # -- failures -------------------------------------------------------------------------------
+    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        if self._finished:
+            return
+        if self.response_started:
+            if self.until_eof:
+                # A close-delimited body: the backend's close is the end of the response.
+                if self.chunked_out:
+                    self.client.write(b"0\r\n\r\n")
+                self.response_done = True
+                self.upstream = None
+                self._finish(True)
+                self.client.exchange_done(self, self.close_after or not self.req_done)
+                return
+            self.failure = "reset-after-head"
+            self.upstream = None
+            self._finish(False)
+            self.client.abort()
+            return
+        self.attempt_failed("reset", str(exc) if exc else "closed")
+
+    def upstream_failed(self, conn: UpstreamConnection, kind: str, detail: str) -> None:
+        """The backend broke HTTP (garbage, bad framing)."""
+        if not self.response_started:
+            self.attempt_failed(kind, detail)
+            return
+        self.failure = kind
+        self.upstream = None
+        conn.exchange = None
+        conn.abort()
+        self._finish(False)
+        self.client.abort()
+
+    def upstream_timeout(self, conn: UpstreamConnection, kind: str) -> None:
+        if kind == "response-head" and not self.response_started:
+            self.upstream = None
+            conn.exchange = None
+            conn.abort()
+            self.attempt_failed("response-head")
+            return
+        # Idle while streaming: nothing sensible can be sent; cut both sides.
+        self.failure = f"upstream-{kind}"
+        self.upstream = None
+        conn.exchange = None
+        conn.abort()
+        self._finish(False)
+        self.client.abort()
+
+    def attempt_failed(self, kind: str, detail: str = "") -> None:
+        if self._finished:
+            return
+        conn = self.upstream
+        b = self.backend
+        svc = self.service
+        assert svc is not None
+        reused = conn is not None and conn.reused and not conn.saw_bytes
+        self.upstream = None
+        if conn is not None and not conn.closed:
+            conn.exchange = None
+            conn.abort()
+        if b is not None:
+            self.backend = None
+            svc.release(b)
+            self.client.listener.runtime.record_failure(svc, b, kind)
+        can_replay = self.replayable and (not self.body_sent or self.req_done)
+        if reused and kind == "reset" and can_replay and self.method in IDEMPOTENT:
+            # A pooled connection the backend closed as we reused it: not the backend's fault.
+            self.dispatch()
+            return
+        retry = self.route.retry if self.route is not None else None
+        if retry is not None and can_replay and retry.allows(self, kind):
+            self.retries += 1
+            delay = retry.backoff(self.retries)
+            self.client.loop.call_later(delay, self._retry, b)
+            return
+        self.failure = kind
+        self.reply_error(_FAILURE_STATUS.get(kind, 502))
+
+    def _retry(self, previous: Backend | None) -> None:
+        if not self._finished:
+            self.dispatch(exclude=previous)
+
+    def client_lost(self) -> None:
+        """The client went away mid-exchange."""
+        if self._finished:
+            return
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.exchange = None
+            conn.abort()
+        self.failure = self.failure or "client-gone"
+        self._finish(False)
+
+    # -- flow control ---------------------------------------------------------------------------
+    def upstream_paused(self) -> None:
+        self.client.pause_reading(1)
+
+    def upstream_resumed(self) -> None:
+        self.client.resume_reading(1)
+
+    def client_paused(self) -> None:
+        conn = self.upstream
+        if conn is not None and conn.transport is not None and not self._paused_upstream:
+            self._paused_upstream = True
+            conn.transport.pause_reading()
+
+    def client_resumed(self) -> None:
+        conn = self.upstream
+        if self._paused_upstream and conn is not None and conn.transport is not None:
+            self._paused_upstream = False
+            conn.transport.resume_reading()
+
+    # -- endings --------------------------------------------------------------------------------
+    def must_close(self) -> bool:
+        """Whether the client connection ends after a response lb writes itself."""
+        return not self.keep_alive or not self.req_done or self.upgrade or self.client.closing
+
+    def reply(self, status: int, data: bytes) -> None:
+        """lb answers itself (error, redirect, fixed page, rate limit); `data` was built with
+        must_close() deciding its Connection header."""
+        self.status = status
+        self.resp_bytes = len(data)
+        close = self.must_close()
+        self._finish(status < 500)
+        self.client.write(data)
+        self.client.exchange_done(self, close)
+
+    def reply_error(self, status: int, extra: bytes = b"") -> None:
+        close = self.must_close()
+        data = (
+            responses.error(status, close)
+            if not extra
+            else responses.build(
+                status, f"{status} {responses.reason(status)}\n".encode(), close=close, extra=extra
+            )
+        )
+        if self.method == b"HEAD":
+            data = data[: data.index(b"\r\n\r\n") + 4]
+        self.reply(status, data)
+
+    def _finish(self, ok: bool) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        svc, b = self.service, self.backend
+        if b is not None and svc is not None:
+            self.backend = None
+            svc.release(b)
+        self.client.listener.runtime.record(self, ok)

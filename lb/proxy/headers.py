@@ -1,0 +1,170 @@
+"""Request and response head rules: framing checks, hop-by-hop removal, forwarding headers.
+
+One pass over the header list per message; everything that does not depend on the request
+(the proxy's own header names, the id prefix) is built at import or connection time.
+"""
+
+import os
+import re
+from itertools import count
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    }
+)
+# Replaced by lb's own values on the way to the backend.
+OVERRIDDEN = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"host"}
+)
+_SPECIAL = HOP_BY_HOP | OVERRIDDEN | {b"expect"}
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_ID_PREFIX = os.urandom(6).hex().encode()
+_ids = count(1)
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def new_request_id() -> bytes:
+    # Process-unique and cheap: a random per-process prefix and a counter (no urandom per request).
+    return _ID_PREFIX + b"-" + b"%x" % next(_ids)
+
+
+class RequestInfo:
+    """What lb needs to know of a request head, found in one pass."""
+
+    __slots__ = (
+        "chunked",
+        "connection_close",
+        "connection_keepalive",
+        "content_length",
+        "expect_continue",
+        "forward",
+        "host",
+        "request_id",
+        "upgrade",
+        "xff",
+    )
+
+    def __init__(self) -> None:
+        self.host: bytes | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.connection_close = False
+        self.connection_keepalive = False
+        self.upgrade: bytes | None = None
+        self.expect_continue = False
+        self.request_id: bytes | None = None
+        self.xff: bytes | None = None
+        self.forward: list[tuple[bytes, bytes]] = []
+
+
+def analyze_request(headers: list[tuple[bytes, bytes]], http10: bool) -> RequestInfo:
+    """Classify headers and apply the framing rules that block request smuggling.
+
+    httptools (llhttp, strict mode) already refuses CL+TE, duplicate or malformed
+    Content-Length, a Transfer-Encoding whose final coding is not chunked, obs-fold,
+    whitespace before a colon and CR/LF/NUL in values; this adds what it lets through.
+    """
+    info = RequestInfo()
+    forward = info.forward
+    named: set[bytes] | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in _SPECIAL:
+            forward.append((name, value))
+            continue
+        if lname == b"host":
+            if info.host is not None:
+                raise BadRequest(400, "more than one Host header")
+            info.host = value
+        elif lname == b"content-length":
+            info.content_length = int(value)
+        elif lname == b"transfer-encoding":
+            codings = value.lower().split(b",")
+            if codings[-1].strip() != b"chunked":
+                raise BadRequest(400, "Transfer-Encoding must end with chunked")
+            if len(codings) > 1:
+                # Valid HTTP, but a coding under chunked is not something lb decodes.
+                raise BadRequest(501, "unsupported Transfer-Encoding")
+            if http10:
+                raise BadRequest(400, "Transfer-Encoding in an HTTP/1.0 request")
+            info.chunked = True
+        elif lname == b"connection":
+            for token in value.lower().split(b","):
+                token = token.strip()
+                if token == b"close":
+                    info.connection_close = True
+                elif token == b"keep-alive":
+                    info.connection_keepalive = True
+                elif token and token != b"upgrade":
+                    named = named or set()
+                    named.add(token)
+        elif lname == b"upgrade":
+            info.upgrade = value
+        elif lname == b"expect":
+            if value.lower() == b"100-continue":
+                info.expect_continue = True
+            else:
+                raise BadRequest(417, "unsupported Expect")
+        elif lname == b"x-request-id":
+            if _REQUEST_ID.fullmatch(value):
+                info.request_id = value
+        elif lname == b"x-forwarded-for":
+            info.xff = value if info.xff is None else info.xff + b", " + value
+        # te, trailer, keep-alive, proxy-connection, x-forwarded-proto/host: dropped
+    if named:
+        info.forward = [(n, v) for n, v in forward if n.lower() not in named]
+    if info.request_id is None:
+        info.request_id = new_request_id()
+    return info
+
+
+class ResponseInfo:
+    __slots__ = ("chunked", "connection_close", "content_length", "forward")
+
+    def __init__(self) -> None:
+        self.content_length: int | None = None
+        self.chunked = False
+        self.connection_close = False
+        self.forward: list[tuple[bytes, bytes]] = []
+
+
+def analyze_response(headers: list[tuple[bytes, bytes]]) -> ResponseInfo:
+    info = ResponseInfo()
+    forward = info.forward
+    named: set[bytes] | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in HOP_BY_HOP:
+            forward.append((name, value))
+        elif lname == b"content-length":
+            info.content_length = int(value)
+        elif lname == b"transfer-encoding":
+            info.chunked = value.strip().lower().endswith(b"chunked")
+        elif lname == b"connection":
+            for token in value.lower().split(b","):
+                token = token.strip()
+                if token == b"close":
+                    info.connection_close = True
+                elif token not in (b"keep-alive", b"upgrade", b""):
+                    named = named or set()
+                    named.add(token)
+    if named:
+        info.forward = [(n, v) for n, v in forward if n.lower() not in named]
+    return info
+
+
+def join_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join([n + b": " + v + b"\r\n" for n, v in headers])

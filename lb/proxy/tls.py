@@ -1,0 +1,64 @@
+"""TLS for listeners: certificates picked by SNI, minimum version, ALPN http/1.1."""
+
+import ssl
+
+from ..config import model
+
+
+def _context(cert: model.Certificate, min_version: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert.cert, cert.key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _names(cert_path: str) -> list[str]:
+    decoded = ssl._ssl._test_decode_cert(cert_path)  # type: ignore[attr-defined]
+    names = [v for k, v in decoded.get("subjectAltName", ()) if k == "DNS"]
+    if not names:
+        for rdn in decoded.get("subject", ()):
+            for k, v in rdn:
+                if k == "commonName":
+                    names.append(v)
+    return [n.lower() for n in names]
+
+
+class SniContexts:
+    """The first certificate is the default; the others are chosen by the client's SNI."""
+
+    def __init__(self, tls: model.ListenerTls) -> None:
+        self.default = _context(tls.certificates[0], tls.min_version)
+        self.exact: dict[str, ssl.SSLContext] = {}
+        self.wild: dict[str, ssl.SSLContext] = {}
+        for cert in tls.certificates:
+            ctx = self.default if cert is tls.certificates[0] else _context(cert, tls.min_version)
+            for name in _names(cert.cert):
+                if name.startswith("*."):
+                    self.wild.setdefault(name[1:], ctx)
+                else:
+                    self.exact.setdefault(name, ctx)
+
+
+class TlsSwitch:
+    """The listening socket keeps one root context for its life; each handshake is moved to
+    the current certificate set, so a reload changes certificates without rebinding."""
+
+    def __init__(self, tls: model.ListenerTls) -> None:
+        self.current = SniContexts(tls)
+        self.root = _context(tls.certificates[0], tls.min_version)
+        self.root.sni_callback = self._pick
+
+    def update(self, tls: model.ListenerTls) -> None:
+        self.current = SniContexts(tls)  # raises on a bad certificate: the reload is refused
+
+    def _pick(self, sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+        cur = self.current
+        ctx = cur.default
+        if name:
+            name = name.lower()
+            found = cur.exact.get(name)
+            if found is None and "." in name:
+                found = cur.wild.get(name[name.index(".") :])
+            ctx = found or ctx
+        sock.context = ctx

@@ -1,0 +1,230 @@
+"""Backend connections: a keep-alive pool per backend and the response side of an exchange.
+
+A connection goes back to the pool only when its last response was read to the end, the
+request was fully written, and neither side asked to close; a connection the backend closes
+while idle leaves the pool at once (connection_lost).
+"""
+
+import asyncio
+import ssl
+from typing import Any
+
+import httptools
+
+from ..balancer.backend import Backend
+from .timer import Deadline
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_headers",
+        "_reason",
+        "_trailers_from",
+        "backend",
+        "closed",
+        "deadline",
+        "exchange",
+        "head_only",
+        "idle_timeout",
+        "loop",
+        "parser",
+        "pending",
+        "raw",
+        "reused",
+        "saw_bytes",
+        "transport",
+    )
+
+    def __init__(
+        self, backend: Backend, loop: asyncio.AbstractEventLoop, idle_timeout: float
+    ) -> None:
+        self.backend = backend
+        self.loop = loop
+        self.idle_timeout = idle_timeout
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Any = None
+        self.closed = False
+        self.reused = False
+        self.head_only = False  # the request was HEAD: the response has no body whatever it says
+        self.saw_bytes = False
+        self.raw = False  # tunnelling: bytes go straight to the client
+        self.pending: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._trailers_from = 0
+        self.deadline = Deadline(loop, self._on_timeout)
+
+    # -- transport events -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.backend.open_conns += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+            self.backend.open_conns -= 1
+        self.deadline.cancel()
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            ex.upstream_lost(self, exc)
+        else:
+            try:
+                self.backend.idle.remove(self)
+            except ValueError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:
+            # Bytes on an idle connection: the backend is confused; never reuse it.
+            self.close()
+            return
+        if self.raw:
+            ex.to_client(data)
+            return
+        self.saw_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._flush(ex)
+            ex.upstream_upgraded(self, data[upgrade.args[0] :])
+            return
+        except httptools.HttpParserError as exc:
+            if self.exchange is not None:
+                self.exchange.upstream_failed(self, "protocol", str(exc))
+            return
+        self._flush(ex)
+        if self.exchange is ex and ex.response_done:
+            ex.response_finished(self)
+
+    def _flush(self, ex: Any) -> None:
+        # One write per received chunk: head and body of a small response leave together.
+        if self.pending:
+            out = self.pending
+            self.pending = []
+            ex.write_client(b"".join(out) if len(out) > 1 else out[0])
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_paused()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_resumed()
+
+    # -- parser callbacks -----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._trailers_from = len(self._headers)
+        ex = self.exchange
+        if ex is not None:
+            ex.response_head(
+                self,
+                self.parser.get_status_code(),
+                self._reason,
+                self._headers,
+                self.parser.should_keep_alive(),
+            )
+            if self.head_only and self.parser.get_status_code() >= 200:
+                ex.response_complete(self, [])
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            if self.head_only:
+                ex.response_body_violation(self)
+                return
+            ex.response_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is not None and not self.head_only:
+            # Headers after the body are the trailers of a chunked response.
+            ex.response_complete(self, self._headers[self._trailers_from :])
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def send(self, exchange: Any, data: bytes, head_only: bool) -> None:
+        self.exchange = exchange
+        self.head_only = head_only
+        self.saw_bytes = False
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def release(self, max_idle: int) -> None:
+        """Back to the pool, or closed when the pool is full."""
+        self.exchange = None
+        if self.head_only:
+            # The parser still expects the body the headers announced; start afresh.
+            self.parser = httptools.HttpResponseParser(self)
+        if self.closed or len(self.backend.idle) >= max_idle or self.backend.removed:
+            self.close()
+            return
+        self.reused = True
+        self.backend.idle.append(self)
+        self.deadline.set(self.idle_timeout, "pool-idle")
+
+    def close(self) -> None:
+        self.exchange = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        if not self.closed:
+            self.closed = True
+            self.backend.open_conns -= 1
+        self.deadline.cancel()
+        try:
+            self.backend.idle.remove(self)
+        except ValueError:
+            pass
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.close()
+
+    def _on_timeout(self, kind: str) -> None:
+        ex = self.exchange
+        if ex is None:
+            self.close()  # idle in the pool too long
+        else:
+            ex.upstream_timeout(self, kind)
+
+
+def take_idle(backend: Backend) -> UpstreamConnection | None:
+    idle = backend.idle
+    while idle:
+        conn = idle.pop()
+        if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+            conn.deadline.clear()
+            return conn
+    return None
+
+
+async def connect(
+    backend: Backend,
+    loop: asyncio.AbstractEventLoop,
+    idle_timeout: float,
+    tls: ssl.SSLContext | None,
+    sni: str | None,
+) -> UpstreamConnection:
+    _, proto = await loop.create_connection(
+        lambda: UpstreamConnection(backend, loop, idle_timeout),
+        backend.host,
+        backend.port,
+        ssl=tls,
+        server_hostname=(sni or backend.host) if tls else None,
+    )
+    return proto

@@ -1,0 +1,128 @@
+"""The running state: the compiled snapshot (routes + services) and the live listeners.
+
+A reload compiles a new RouteTable and applies service changes in place (survivors keep
+in-flight counts and pools), then swaps the table reference: requests already routed keep
+the Route object they hold, new ones see the new table.
+"""
+
+import asyncio
+import ssl
+import time
+from typing import Any
+
+from .balancer.service import Service, static_specs
+from .config import Loaded, model
+from .proxy.downstream import ClientConnection
+from .routing.table import RouteTable
+
+
+class ListenerRuntime:
+    """Per-listener settings the data path reads, refreshed in place on reload."""
+
+    def __init__(
+        self, runtime: "Runtime", cfg: model.Listener, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.runtime = runtime
+        self.loop = loop
+        self.server: asyncio.base_events.Server | None = None
+        self.tls: Any = None  # TlsSwitch for TLS listeners
+        self.connections: set[ClientConnection] = set()
+        self.tunnels: set[Any] = set()
+        self.accepted = 0
+        self.configure(cfg)
+
+    def configure(self, cfg: model.Listener) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.timeouts = cfg.timeouts
+        self.max_header_size = cfg.limits.max_header_size
+        self.max_body_size = cfg.limits.max_body_size
+        self.scheme = "https" if cfg.tls else "http"
+        self.proto_line = f"x-forwarded-proto: {self.scheme}\r\n".encode()
+        self.default_host = f"{cfg.bind[0]}:{cfg.bind[1]}".encode()
+
+    def opened(self, conn: ClientConnection) -> None:
+        self.connections.add(conn)
+        self.accepted += 1
+
+    def closed(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+
+    def tunnel_idle(self, ex: Any) -> float:
+        route = ex.route
+        if route is not None and route.idle_timeout:
+            return float(route.idle_timeout)
+        svc = ex.service
+        return float(svc.config.timeouts.idle) if svc is not None else 60.0
+
+    def protocol(self) -> ClientConnection:
+        return ClientConnection(self)
+
+
+class Runtime:
+    def __init__(self, loaded: Loaded, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.loaded = loaded
+        self.config = loaded.config
+        self.loaded_at = time.time()
+        self.services: dict[str, Service] = {}
+        self.table = RouteTable([])
+        self.listeners: dict[str, ListenerRuntime] = {}
+        self.observers: list[Any] = []  # record(exchange, ok) hooks: metrics, access log
+        self.failure_hooks: list[Any] = []  # record_failure(service, backend, kind)
+        self._tls: dict[str, ssl.SSLContext | None] = {}
+        self.apply(loaded)
+
+    # -- config ---------------------------------------------------------------------------------
+    def apply(self, loaded: Loaded) -> None:
+        """Install a validated config. Services update in place; the table swaps at the end."""
+        cfg = loaded.config
+        table = RouteTable(cfg.routes)
+        for name, scfg in cfg.services.items():
+            svc = self.services.get(name)
+            if svc is None:
+                svc = self.services[name] = Service(name, scfg)
+            else:
+                svc.config = scfg
+            if scfg.discovery == "static":
+                svc.update(static_specs(scfg))
+            self._tls.pop(name, None)
+        for name in list(self.services):
+            if name not in cfg.services:
+                # Routes no longer reach it; drain what is in flight, then forget it.
+                self.services.pop(name).update([])
+        for svc in self.services.values():
+            fb = svc.config.fallback
+            svc.fallback = self.services.get(fb) if fb else None
+        self.loaded = loaded
+        self.config = cfg
+        self.loaded_at = time.time()
+        self.table = table
+
+    def upstream_tls(self, svc: Service) -> ssl.SSLContext | None:
+        if svc.name in self._tls:
+            return self._tls[svc.name]
+        tls = svc.config.tls
+        ctx: ssl.SSLContext | None = None
+        if tls is not None:
+            ctx = ssl.create_default_context(cafile=tls.ca)
+            if not tls.verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+        self._tls[svc.name] = ctx
+        return ctx
+
+    # -- outcomes -------------------------------------------------------------------------------
+    def record(self, ex: Any, ok: bool) -> None:
+        for obs in self.observers:
+            obs.record(ex, ok)
+
+    def record_failure(self, svc: Service, backend: Any, kind: str) -> None:
+        backend.failures += 1
+        for hook in self.failure_hooks:
+            hook.record_failure(svc, backend, kind)
+
+    def record_refusal(self, conn: ClientConnection, status: int) -> None:
+        for obs in self.observers:
+            obs.refusal(conn, status)
