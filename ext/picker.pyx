@@ -8,9 +8,9 @@ there too; ``tests/test_picker_equivalence.py`` checks it.
 
 Choice
     Candidates are live slots with weight > 0 that are eligible (eligibility is ignored when
-    ``panic`` is true). The candidate with the lowest ``in_flight / effective_weight`` wins, compared
-    by cross-multiplication on integers. Ties are broken by NGINX's smooth weighted round robin over
-    the tied set only, which gives exact weight proportions when the pool is idle.
+    ``panic`` is true). The candidate with the lowest ``in_flight / effective_weight`` wins,
+    compared by cross-multiplication on integers. Ties are broken by NGINX's smooth weighted round
+    robin over the tied set only, which gives exact weight proportions when the pool is idle.
 
 Effective weight
     ``weight * permille``, with permille 1000 outside slow start and
@@ -28,13 +28,21 @@ Large pools: weighted power of two choices
     ``P2C_MAX_DRAWS`` draws without an eligible one, the exact scan decides. The draws come from
     splitmix64 seeded with ``seed``.
 
-    The threshold, 128 live slots, comes from timing take + release on an idle pool, the scan's
-    worst case (every slot ties and gets a round-robin update), on a 2-core x86-64 VM: the scan
-    costs about 1.3 ns per slot over ~60 ns of call overhead (~130 ns at 64 slots, ~215 ns at 128,
-    ~290 ns at 160), while power of two choices costs 110-140 ns at any size from 64 to 10,000.
-    Below ~64 slots the two cost the same; from 64 to 128 the scan costs up to ~100 ns more but
-    stays exact and within the 300 ns budget, which is worth it for small pools, where each
-    backend carries a large share and sampling noise would be most visible.
+    What is approximate: the winner is the better of two weighted samples, not the global
+    minimum, so under load ``in_flight / weight`` is balanced statistically (the spread stays
+    small, as power of two choices guarantees) rather than exactly, and an idle pool follows the
+    weights in expectation rather than in an exact round-robin cycle. When a fraction q of the
+    effective weight is ineligible, a pick falls back to the O(n) scan with probability q ** 8
+    (0.4% at q = 1/2, 5.8% at q = 0.7); in panic mode no draw is skipped.
+
+    The threshold, 128 live slots, comes from timing take + release from Python on an idle pool,
+    the scan's worst case (every slot ties and gets a round-robin update), with the threshold
+    forced to each extreme, on a shared 2-core x86-64 VM: the scan costs about 55 ns + 1.3 ns per
+    slot (~130 ns at 64 slots, ~205 ns at 128, ~260 ns at 160, ~290 ns at 192) while two choices
+    cost 110-140 ns from 64 to 256 slots, ~150 ns at 1,000 and ~205 ns at 10,000. The costs cross
+    near 64 slots; from 64 to 128 the scan costs up to ~90 ns more but stays exact and well within
+    the 300 ns budget, which is worth it for small pools, where each backend carries a large share
+    and sampling noise would be most visible.
 """
 
 from libc.math cimport floor
@@ -241,7 +249,8 @@ cdef class Picker:
         # once, so this is still O(n), and an idle pool (all tied) needs no second pass. The
         # result equals the twin's two-pass version.
         cdef Py_ssize_t i, k, best = -1, ties = 0
-        cdef int64_t eff, flight, best_eff = 0, best_flight = 0, lhs, rhs, total = 0, best_current = 0
+        cdef int64_t eff, flight, lhs, rhs
+        cdef int64_t best_eff = 0, best_flight = 0, total = 0, best_current = 0
         cdef int64_t *effs = self._eff if panic else self._elig_eff
         cdef int64_t *flights = self._in_flight
         cdef int64_t *current = self._current

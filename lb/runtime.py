@@ -13,6 +13,7 @@ from typing import Any
 from .balancer.service import Service, static_specs
 from .config import Loaded, model
 from .proxy.downstream import ClientConnection
+from .routing.route import Route, compile_route
 from .routing.table import RouteTable
 
 
@@ -40,6 +41,13 @@ class ListenerRuntime:
         self.scheme = "https" if cfg.tls else "http"
         self.proto_line = f"x-forwarded-proto: {self.scheme}\r\n".encode()
         self.default_host = f"{cfg.bind[0]}:{cfg.bind[1]}".encode()
+        # A plain listener that only sends clients to HTTPS answers every request with 308.
+        self.forced_route: Route | None = None
+        if cfg.redirect_to_https is not None:
+            redirect = model.Redirect(scheme="https", port=cfg.redirect_to_https, status=308)
+            self.forced_route = compile_route(
+                model.Route(name=f"{cfg.name}:https-redirect", redirect=redirect), 0
+            )
 
     def opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)

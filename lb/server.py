@@ -8,6 +8,7 @@ import ssl
 from typing import Any
 
 from .config import ConfigError, Loaded, load
+from .config.watch import ConfigWatcher
 from .proxy.tls import TlsSwitch
 from .runtime import ListenerRuntime, Runtime
 
@@ -19,7 +20,14 @@ def listener_tls(cfg: Any) -> TlsSwitch | None:
 
 
 class Server:
-    def __init__(self, config_path: str, loaded: Loaded, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        loaded: Loaded,
+        *,
+        reuse_port: bool = False,
+        watch_interval: float = 1.0,
+    ) -> None:
         self.config_path = config_path
         self.loop = asyncio.get_running_loop()
         self.runtime = Runtime(loaded, self.loop)
@@ -30,18 +38,22 @@ class Server:
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_ok = True
         self.last_reload_errors: list[str] = []
-        self.extensions: list[Any] = []  # components with async start()/stop()/reconfigure()
+        # Components with async start()/stop()/reconfigure(); stop() runs before draining.
+        self.extensions: list[Any] = [ConfigWatcher(self, interval=watch_interval)]
 
     async def start(self) -> None:
+        self._install_signals()  # before the ports open: a signal then is never lost
         for cfg in self.runtime.config.listeners:
             await self._bind(cfg)
         from .admin.app import AdminServer
 
         self.admin = AdminServer(self)
+        from .observe import install as install_observability
+
+        install_observability(self)
         await self.admin.start()
         for ext in self.extensions:
             await ext.start()
-        self._install_signals()
 
     async def _bind(self, cfg: Any) -> None:
         lr = ListenerRuntime(self.runtime, cfg, self.loop)
@@ -64,6 +76,10 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
         self.loop.add_signal_handler(signal.SIGHUP, lambda: self.loop.create_task(self.reload()))
+
+    def _remove_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.loop.remove_signal_handler(sig)
 
     async def reload(self) -> tuple[bool, list[str]]:
         """Validate and compile off the request path, then swap; a bad config changes nothing."""
@@ -135,6 +151,7 @@ class Server:
     async def shutdown(self) -> None:
         """Stop accepting, close idle connections, let in-flight ones finish up to the drain."""
         log.info("shutting down: draining")
+        self._remove_signals()
         for ext in self.extensions:
             await ext.stop()
         drain = max((c.timeouts.drain for c in self.runtime.config.listeners), default=0)

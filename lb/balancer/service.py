@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..config import model
 from .backend import Backend
@@ -19,8 +20,8 @@ class Service:
         self.backends: dict[tuple[str, int], Backend] = {}
         self.by_slot: list[Backend | None] = []
         self.panic = False
-        self.caps: object | None = None
-        self.breaker: object | None = None  # service-level breaker (traffic control)
+        self.gate: Any = None  # caps + service breaker (traffic control): enter(ex) / leave(ex)
+        self.discovery: Any = None  # the watch feeding this service, when not static
         self.fallback: Service | None = None
         self.on_change: list[Callable[[Service], None]] = []
 

@@ -21,6 +21,7 @@ Rate = Annotated[tuple[float, float], Unit(parse_rate)]
 Percent = Annotated[float, Check(lambda v: 0 <= v <= 100, "a percentage from 0 to 100")]
 Positive = Annotated[int, Check(lambda v: v > 0, "a positive integer")]
 NonNegative = Annotated[int, Check(lambda v: v >= 0, "an integer >= 0")]
+Weight = Annotated[int, Check(lambda v: 0 <= v <= 1_000_000, "a weight from 0 to 1000000")]
 Status = Annotated[int, Check(lambda v: 100 <= v <= 599, "an HTTP status from 100 to 599")]
 
 
@@ -178,7 +179,7 @@ class Redis:
 @dataclass
 class BackendSpec:
     address: Address
-    weight: NonNegative = 1
+    weight: Weight = 1
 
     @classmethod
     def from_scalar(cls, text: str) -> "BackendSpec":
@@ -190,7 +191,7 @@ class ConsulService:
     service: str
     tags: list[str] = field(default_factory=list)
     datacenter: str | None = None
-    weight: NonNegative | None = None  # overrides Consul's Weights.Passing when set
+    weight: Weight | None = None  # overrides Consul's Weights.Passing when set
 
 
 @dataclass

@@ -248,6 +248,7 @@ class Builder:
             self.error(node, path, f"expected a mapping, found {_describe(node)}")
             return None
         hints = typing.get_type_hints(cls, include_extras=True)
+        problems_before = len(self.problems)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         kwargs: dict[str, Any] = {}
         where: dict[str, Mark] = {"": mark_of(node)}
@@ -287,7 +288,8 @@ class Builder:
         obj = cls(**kwargs)
         object.__setattr__(obj, "_marks", where)
         check = getattr(obj, "check", None)
-        if check is not None:
+        # Cross-field rules only make sense once every field built cleanly.
+        if check is not None and len(self.problems) == problems_before:
 
             def report(field: str, message: str) -> None:
                 sub = f"{path}.{field}" if field else path

@@ -6,6 +6,7 @@ pauses meanwhile, so what a client can make lb hold is bounded by one read.
 """
 
 import asyncio
+import logging
 from collections import deque
 from typing import Any
 
@@ -16,6 +17,7 @@ from .exchange import Exchange
 from .headers import BadRequest, analyze_request
 from .timer import Deadline
 
+log = logging.getLogger("lb.proxy")
 _PAUSE_UPSTREAM, _PAUSE_QUEUE, _PAUSE_BUFFER = 1, 2, 4
 
 
@@ -104,7 +106,12 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(refusal.status)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            self._refuse(cause.status if isinstance(cause, _Refuse | BadRequest) else 400)
+            if isinstance(cause, _Refuse | BadRequest):
+                self._refuse(cause.status)
+            else:
+                # A bug in lb, not the client's fault: say so, and log it loudly.
+                log.error("internal error handling a request", exc_info=cause)
+                self._refuse(500)
         except httptools.HttpParserError:
             self._refuse(400)
 
@@ -172,7 +179,9 @@ class ClientConnection(asyncio.Protocol):
         if colon != -1 and "]" not in host[colon:]:
             host = host[:colon]
         listener = self.listener
-        route = listener.runtime.table.lookup(host, method, path, query, self._headers)
+        route = listener.forced_route or listener.runtime.table.lookup(
+            host, method, path, query, self._headers
+        )
         keep_alive = parser.should_keep_alive() and not self.closing
         ex = Exchange(
             self, method, target, path, query, info, http10, keep_alive, route, self.loop.time()

@@ -42,11 +42,13 @@ class Exchange:
         "close_after",
         "early",
         "failure",
+        "gate",
         "head",
         "http10",
         "info",
         "interim",
         "keep_alive",
+        "last_backend",
         "method",
         "path",
         "query",
@@ -126,6 +128,8 @@ class Exchange:
         self.upstream_keepalive = True
         self._finished = False
         self._paused_upstream = False
+        self.gate: Any = None
+        self.last_backend: Backend | None = None
 
     # -- starting -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -162,13 +166,26 @@ class Exchange:
             )
             return
         if route.limiter is not None and not route.limiter.admit(self):
-            return
+            return  # the limiter answered 429, or calls forward() once it has decided
+        self.forward()
+
+    def forward(self) -> None:
+        """Send the request to the route's service, through the service's gate if any."""
+        route = self.route
+        assert route is not None
         name = route.service if route.split is None else route.split.choose(self.info.forward)
-        service = client.listener.runtime.services.get(name)
+        service = self.client.listener.runtime.services.get(name)
         if service is None:
             self.reply_error(503)
             return
         self.service = service
+        gate = service.gate
+        if gate is not None:
+            # Caps and the service breaker: the gate answers 503 itself, or swaps in the
+            # fallback service, and is left exactly once in _finish.
+            if not gate.enter(self):
+                return
+            self.gate = gate
         self.dispatch()
 
     def dispatch(self, exclude: Backend | None = None) -> None:
@@ -185,6 +202,7 @@ class Exchange:
                 self.reply_error(503)
                 return
         self.backend = b
+        self.last_backend = b
         self.attempts += 1
         self.upstream_name = b.name
         conn = take_idle(b)
@@ -347,6 +365,19 @@ class Exchange:
                 )
             return
         route = self.route
+        if (
+            status >= 500
+            and route is not None
+            and route.retry is not None
+            and self.replayable
+            and route.retry.allows_status(self, status)
+        ):
+            # Retry on a status: this answer is dropped unseen, with its connection.
+            self.upstream = None
+            conn.exchange = None
+            conn.abort()
+            self._retry_later("status")
+            return
         idle = route.idle_timeout if route and route.idle_timeout else svc.config.timeouts.idle
         conn.deadline.set(idle, "idle")
         self.status = status
@@ -520,12 +551,23 @@ class Exchange:
             return
         retry = self.route.retry if self.route is not None else None
         if retry is not None and can_replay and retry.allows(self, kind):
-            self.retries += 1
-            delay = retry.backoff(self.retries)
-            self.client.loop.call_later(delay, self._retry, b)
+            self._retry_later(kind)
             return
         self.failure = kind
         self.reply_error(_FAILURE_STATUS.get(kind, 502))
+
+    def _retry_later(self, kind: str) -> None:
+        route = self.route
+        assert route is not None and route.retry is not None
+        b = self.backend
+        svc = self.service
+        if b is not None and svc is not None:
+            self.backend = None
+            svc.release(b)
+            self.client.listener.runtime.record_failure(svc, b, kind)
+        self.retries += 1
+        previous = self.last_backend
+        self.client.loop.call_later(route.retry.backoff(self.retries), self._retry, previous)
 
     def _retry(self, previous: Backend | None) -> None:
         if not self._finished:
@@ -598,4 +640,6 @@ class Exchange:
         if b is not None and svc is not None:
             self.backend = None
             svc.release(b)
+        if self.gate is not None:
+            self.gate.leave(self)
         self.client.listener.runtime.record(self, ok)

@@ -1,0 +1,56 @@
+"""Reload when the config on disk changes: a cheap stat poll of every config file.
+
+Polling (size, mtime, inode) catches edits, atomic renames (the way editors and
+Kubernetes ConfigMaps replace files) and files added to a config directory, with nothing
+beyond the standard library. A burst of writes settles before the reload runs.
+"""
+
+import asyncio
+import os
+from typing import Any
+
+from .load import config_files
+
+Signature = tuple[tuple[str, int, int, int], ...]
+
+
+def signature(path: str) -> Signature:
+    out = []
+    for name in config_files(path):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        out.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
+class ConfigWatcher:
+    def __init__(self, server: Any, interval: float = 1.0, settle: float = 0.2) -> None:
+        self.server = server
+        self.interval = interval
+        self.settle = settle
+        self._task: asyncio.Task[None] | None = None
+        self._seen: Signature = ()
+
+    async def start(self) -> None:
+        self._seen = signature(self.server.config_path)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def reconfigure(self) -> None:
+        self._seen = signature(self.server.config_path)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            current = signature(self.server.config_path)
+            if current == self._seen:
+                continue
+            await asyncio.sleep(self.settle)
+            self._seen = signature(self.server.config_path)
+            await self.server.reload()

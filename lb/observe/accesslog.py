@@ -1,0 +1,294 @@
+"""Access log: one JSON object per line, per listener, to stdout or a file, off the loop.
+
+`record` (once per finished exchange) builds a small dict and `json.dumps` it into the sink's
+pending list; nothing touches a file descriptor on the event loop. Shortly after the first
+pending line (FLUSH_DELAY) the whole batch goes to the sink's own writer thread, which writes it
+with one buffered write and a flush. A sink that cannot keep up (a full pipe on stdout, a stalled
+disk) holds at most MAX_PENDING lines; beyond that lines are dropped and counted
+(`lb_access_log_dropped_total`) rather than growing memory or stalling requests.
+
+File sinks follow logrotate's default move-and-create: at most once a second the writer checks
+whether the path still names the file it has open, and reopens it when not.
+
+Fields, in this order (a listener's `access_log.fields` selects and orders a subset):
+timestamp (RFC 3339 UTC, millisecond precision, when the request head arrived), listener,
+client (peer address), method, host, path (without the query string, which often carries
+secrets), protocol, status (0: no response was sent), bytes (response body bytes from the
+backend, or the whole answer when lb replied itself), duration_ms, upstream_ms (last attempt:
+request sent to response end; null without a backend), route, service, backend, retries,
+failure (why the exchange failed, else null), request_id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
+
+from prometheus_client.core import CounterMetricFamily
+
+log = logging.getLogger(__name__)
+
+FIELDS = (
+    "timestamp",
+    "listener",
+    "client",
+    "method",
+    "host",
+    "path",
+    "protocol",
+    "status",
+    "bytes",
+    "duration_ms",
+    "upstream_ms",
+    "route",
+    "service",
+    "backend",
+    "retries",
+    "failure",
+    "request_id",
+)
+FLUSH_DELAY = 0.05  # seconds: lines written together within this window share one write
+MAX_PENDING = 20_000  # lines held for a sink that is not keeping up; beyond: dropped, counted
+REOPEN_CHECK = 1.0  # seconds between checks that a file sink's path still names its file
+STDOUT = "stdout"
+
+
+class Sink:
+    """One destination (a path, or stdout) with its pending lines and writer thread."""
+
+    def __init__(self, path: str | None, loop: asyncio.AbstractEventLoop) -> None:
+        self.path = path
+        self.label = path or STDOUT
+        self.loop = loop
+        self.pending: list[str] = []
+        self.armed = False  # a flush is scheduled
+        self.writing = False  # a batch is with the writer thread
+        self.written = 0
+        self.dropped = 0
+        self.errors = 0
+        self._file: IO[bytes] | None = None
+        self._checked = 0.0
+        self._last_error = ""
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"lb-accesslog-{self.label}")
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self, line: str) -> None:
+        if len(self.pending) >= MAX_PENDING:
+            self.dropped += 1
+            return
+        self.pending.append(line)
+        if not self.armed:
+            self.armed = True
+            self.loop.call_later(FLUSH_DELAY, self._flush)
+
+    def _flush(self) -> None:
+        self.armed = False
+        if self.writing or not self.pending:
+            return  # the batch in progress re-flushes when it is done
+        batch, self.pending = self.pending, []
+        self.writing = True
+        self._idle.clear()
+        fut = self.loop.run_in_executor(self._executor, self._write, batch)
+        fut.add_done_callback(functools.partial(self._written, lines=len(batch)))
+
+    def _written(self, fut: asyncio.Future[None], lines: int) -> None:
+        self.writing = False
+        exc = fut.exception()
+        if exc is None:
+            self.written += lines
+        else:
+            self.errors += 1
+            self.dropped += lines
+            message = f"access log {self.label}: {exc}"
+            if message != self._last_error:  # one line per distinct error, not per batch
+                self._last_error = message
+                log.error("%s; lines are dropped until it recovers", message)
+        if self.pending:
+            self._flush()
+        else:
+            self._idle.set()
+
+    # -- in the writer thread --------------------------------------------------------------------
+    def _write(self, batch: list[str]) -> None:
+        data = "".join(batch).encode()
+        if self.path is None:
+            out = sys.stdout.buffer  # looked up per batch: tests and daemons may swap stdout
+            out.write(data)
+            out.flush()
+            return
+        f = self._open()
+        try:
+            f.write(data)
+            f.flush()
+        except OSError:
+            self._close_file()  # reopen on the next batch: the cause may be gone by then
+            raise
+
+    def _open(self) -> IO[bytes]:
+        assert self.path is not None
+        now = time.monotonic()
+        if self._file is not None and now - self._checked >= REOPEN_CHECK:
+            self._checked = now
+            try:
+                moved = os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino
+            except FileNotFoundError:
+                moved = True
+            if moved:
+                self._close_file()
+        if self._file is None:
+            self._file = open(self.path, "ab", buffering=64 * 1024)  # noqa: SIM115
+            self._checked = now
+            self._last_error = ""
+        return self._file
+
+    def _close_file(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError as exc:
+                log.warning("access log %s: close failed: %s", self.label, exc)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Write what is pending, then release the file and the thread."""
+        self._flush()
+        await self._idle.wait()
+        await self.loop.run_in_executor(self._executor, self._close_file)
+        self._executor.shutdown(wait=False)
+
+
+class AccessLog:
+    """The observer: formats each exchange for its listener's sink, if the listener logs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.sinks: dict[str | None, Sink] = {}
+        self.by_listener: dict[str, tuple[Sink, tuple[str, ...] | None]] = {}
+        self._second = -1
+        self._prefix = ""
+
+    @property
+    def active(self) -> bool:
+        return bool(self.by_listener)
+
+    def configure(self, listeners: Iterable[Any]) -> list[Sink]:
+        """Point each listener at its sink; returns the sinks no longer used (to close)."""
+        by_listener: dict[str, tuple[Sink, tuple[str, ...] | None]] = {}
+        used: set[str | None] = set()
+        for cfg in listeners:
+            al = cfg.access_log
+            if al is None or not al.enabled:
+                continue
+            sink = self.sinks.get(al.path)
+            if sink is None:
+                sink = self.sinks[al.path] = Sink(al.path, self.loop)
+            used.add(al.path)
+            fields = None
+            if al.fields is not None:
+                unknown = [f for f in al.fields if f not in FIELDS]
+                if unknown:
+                    log.warning(
+                        "listener %s: unknown access log fields ignored: %s (known: %s)",
+                        cfg.name,
+                        ", ".join(unknown),
+                        ", ".join(FIELDS),
+                    )
+                fields = tuple(f for f in al.fields if f in FIELDS)
+            by_listener[cfg.name] = (sink, fields)
+        self.by_listener = by_listener
+        return [self.sinks.pop(p) for p in list(self.sinks) if p not in used]
+
+    # -- the request path --------------------------------------------------------------------------
+    def record(self, ex: Any, ok: bool) -> None:
+        client = ex.client
+        entry = self.by_listener.get(client.listener.name)
+        if entry is None:
+            return
+        now = self.loop.time()
+        route, svc, info = ex.route, ex.service, ex.info
+        rec = {
+            "timestamp": self._timestamp(time.time() - (now - ex.t0)),
+            "listener": client.listener.name,
+            "client": client.peer_ip.decode("latin-1"),
+            "method": ex.method.decode("latin-1"),
+            "host": info.host.decode("latin-1") if info.host is not None else None,
+            "path": ex.path,
+            "protocol": "HTTP/1.0" if ex.http10 else "HTTP/1.1",
+            "status": ex.status,
+            "bytes": ex.resp_bytes,
+            "duration_ms": round((now - ex.t0) * 1000, 3),
+            "upstream_ms": round((now - ex.t_upstream) * 1000, 3) if ex.t_upstream else None,
+            "route": route.name if route is not None else None,
+            "service": svc.name if svc is not None else None,
+            "backend": ex.upstream_name or None,
+            "retries": ex.retries,
+            "failure": ex.failure or None,
+            "request_id": info.request_id.decode("latin-1") if info.request_id else None,
+        }
+        self._emit(entry, rec)
+
+    def refusal(self, conn: Any, status: int) -> None:
+        """A request refused before it could be parsed or routed (400, 408, 413, 431)."""
+        entry = self.by_listener.get(conn.listener.name)
+        if entry is None:
+            return
+        rec = dict.fromkeys(FIELDS)
+        rec.update(
+            timestamp=self._timestamp(time.time()),
+            listener=conn.listener.name,
+            client=conn.peer_ip.decode("latin-1"),
+            status=status,
+            bytes=0,
+            retries=0,
+            failure="refused",
+        )
+        self._emit(entry, rec)
+
+    def _emit(self, entry: tuple[Sink, tuple[str, ...] | None], rec: dict[str, Any]) -> None:
+        sink, fields = entry
+        if fields is not None:
+            rec = {f: rec[f] for f in fields}
+        sink.add(json.dumps(rec, separators=(",", ":")) + "\n")
+
+    def _timestamp(self, wall: float) -> str:
+        second = int(wall)
+        if second != self._second:  # strftime once a second, not once a request
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((wall - second) * 1000):03d}Z"
+
+    # -- scrape time and shutdown ------------------------------------------------------------------
+    def families(self) -> Iterator[Any]:
+        lines = CounterMetricFamily(
+            "lb_access_log_lines", "Access log lines written.", labels=["sink"]
+        )
+        dropped = CounterMetricFamily(
+            "lb_access_log_dropped",
+            "Access log lines dropped because the sink did not keep up or failed.",
+            labels=["sink"],
+        )
+        errors = CounterMetricFamily(
+            "lb_access_log_write_errors",
+            "Failed access log writes (each drops its batch).",
+            labels=["sink"],
+        )
+        for sink in self.sinks.values():
+            lines.add_metric([sink.label], sink.written)
+            dropped.add_metric([sink.label], sink.dropped)
+            errors.add_metric([sink.label], sink.errors)
+        yield from (lines, dropped, errors)
+
+    async def close(self) -> None:
+        sinks, self.sinks, self.by_listener = list(self.sinks.values()), {}, {}
+        for sink in sinks:
+            await sink.close()

@@ -1,0 +1,768 @@
+"""Prometheus metrics: plain counters on the request path, families built at scrape time.
+
+The request path (`Metrics.record`, once per finished exchange) only does dict look-ups and
+integer additions on objects resolved once: a `RouteStats` per route name (cached in
+`Route.stats`), a `ServiceStats` per service name and a `BackendStats` per backend address.
+Histograms are fixed bucket arrays (`bisect` on the duration). Nothing is formatted and no
+label string is built per request; `Exposition.collect` turns the counts into metric families
+when Prometheus scrapes.
+
+Label cardinality: a service's first `metrics.max_backends_per_service` backends (in the order
+lb first sees them) get their own `backend` label; the rest fold into `backend="other"`. A
+backend keeps its label for as long as it stays in the service, so no series ever moves from
+one label to another. When a folded backend leaves, its counts are kept in the service's
+`retired` stats, so `other` counters never go down; a labelled backend that leaves takes its
+series with it (they end, as they would with a restart).
+
+Extension points for the traffic-control and discovery code, read at scrape time only:
+
+- `Service.breaker` / `Backend.breaker`: any object with `.state` ("closed" | "open" |
+  "half_open") and `.transitions` (dict[(from, to)] -> int), like `lb.traffic.breaker.Breaker`.
+- `Service.caps`: an object with `.overflows` (dict[cap] -> int) and the current counts as
+  attributes `connections`, `pending`, `requests`, `retries`, like `lb.traffic.breaker.Caps`.
+- `Service.outlier`: an object with `.ejections_total`, `.overflows` and `.ejected` (a dict of
+  the backends ejected now), like `lb.traffic.outlier.OutlierDetector`.
+- `Service.discovery`: an object with `.last_success` (Unix time or None), `.errors` (int) and
+  `.stale` (bool), like a `lb.discovery.consul.ServiceWatch`.
+- `runtime.counters`: a generic registry, `dict[str, dict[tuple[str, ...], int]]`, for counters
+  bumped on paths this module does not see. Increment with
+  `runtime.counters["ratelimit"][("route", "api", "limited")] += 1`; a `Counters` dict creates
+  the inner dict on first use. Each key must be declared once with `register_counter` (the ones
+  below are declared here) so that it is exported under a documented name and labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from .. import __version__
+from ..balancer.picker import IMPLEMENTATION
+
+log = logging.getLogger(__name__)
+
+# Request durations at an ingress: sub-millisecond for lb's own answers and cached backends,
+# up to the 30 s default response-head timeout and a little beyond for streamed bodies.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_LE = (*(repr(b) for b in BUCKETS), "+Inf")
+
+# Methods outside this set come from clients and would make the label unbounded.
+METHODS = {
+    m.encode(): m
+    for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+}
+OTHER_METHOD = "OTHER"
+OTHER = "other"  # the folded backend label
+STATES = ("up", "draining", "down")
+BREAKER_STATES = ("closed", "open", "half_open")
+CAPS = ("connections", "pending", "requests", "retries")
+
+
+# -- the generic counter registry ---------------------------------------------------------------
+class Counters(dict[str, dict[tuple[str, ...], int]]):
+    """`runtime.counters`: a missing key yields a fresh `defaultdict(int)`, so an increment
+    never has to check whether its counter exists."""
+
+    def __missing__(self, key: str) -> dict[tuple[str, ...], int]:
+        value: dict[tuple[str, ...], int] = defaultdict(int)
+        self[key] = value
+        return value
+
+
+@dataclass(frozen=True)
+class CounterSpec:
+    name: str  # the exported name, ending in _total
+    doc: str
+    labels: tuple[str, ...]  # one per element of the key tuples
+
+
+COUNTERS: dict[str, CounterSpec] = {}
+
+
+def register_counter(key: str, name: str, doc: str, labels: tuple[str, ...]) -> None:
+    """Declare how `runtime.counters[key]` is exported; names must start with `lb_`."""
+    if not name.startswith("lb_") or not name.endswith("_total"):
+        raise ValueError(f"counter names look like lb_..._total, not {name!r}")
+    COUNTERS[key] = CounterSpec(name, doc, labels)
+
+
+register_counter(
+    "ratelimit",
+    "lb_ratelimit_decisions_total",
+    "Rate-limit decisions; scope is listener or route, decision allowed, limited or dry_run.",
+    ("scope", "name", "decision"),
+)
+register_counter(
+    "ratelimit_redis_errors",
+    "lb_ratelimit_redis_errors_total",
+    "Redis failures of shared rate limits, by the failure policy applied (local, allow, deny).",
+    ("action",),
+)
+register_counter(
+    "retry_budget_exhausted",
+    "lb_retry_budget_exhausted_total",
+    "Retries not attempted because the route's retry budget was spent.",
+    ("route",),
+)
+register_counter(
+    "discovery_errors",
+    "lb_discovery_source_errors_total",
+    "Errors of discovery sources not tied to one service (e.g. the Consul catalog watch).",
+    ("source",),
+)
+
+
+# -- per-object stats, updated on the request path ------------------------------------------------
+class Histogram:
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
+        self.sum = 0.0
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, acc = [], 0
+        for le, n in zip(_LE, self.counts, strict=True):
+            acc += n
+            out.append((le, acc))
+        return out
+
+
+class RouteStats:
+    __slots__ = ("durations", "failures", "name", "retries")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.durations: dict[str, Histogram] = {}  # by service name ("" when none)
+        self.retries: dict[str, int] = {}  # by service name
+        self.failures: dict[tuple[str, str], int] = {}  # (service, failure kind)
+
+
+class BackendStats:
+    """Counts for one backend address of one service. `seen` holds the counters read from the
+    Backend object (selections, breaker transitions) at the last scrape."""
+
+    __slots__ = (
+        "backend",
+        "codes",
+        "errors",
+        "failures",
+        "label",
+        "name",
+        "requests",
+        "seen",
+        "upstream_count",
+        "upstream_sum",
+    )
+
+    def __init__(self, name: str, label: str) -> None:
+        self.name = name
+        self.label = label
+        self.codes: dict[tuple[str, int, str], int] = {}  # (route, status, method) -> count
+        self.requests = 0
+        self.errors = 0  # 5xx answers and exchanges that failed, client departures aside
+        self.upstream_count = 0
+        self.upstream_sum = 0.0
+        self.failures: dict[str, int] = {}  # upstream attempt failures by kind
+        self.seen: dict[tuple[str, ...], int] = {}
+        self.backend: Any = None
+
+    def absorb(self, other: BackendStats) -> None:
+        for d, src in (
+            (self.codes, other.codes),
+            (self.failures, other.failures),
+            (self.seen, other.seen),
+        ):
+            for k, n in src.items():
+                d[k] = d.get(k, 0) + n  # type: ignore[index, attr-defined]
+        self.requests += other.requests
+        self.errors += other.errors
+        self.upstream_count += other.upstream_count
+        self.upstream_sum += other.upstream_sum
+
+
+class ServiceStats:
+    __slots__ = ("backends", "labelled", "name", "retired")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.backends: dict[str, BackendStats] = {}
+        self.labelled = 0
+        self.retired = BackendStats("", OTHER)
+
+
+def _backend_counters(b: Any) -> dict[tuple[str, ...], int]:
+    out: dict[tuple[str, ...], int] = {("selected",): b.selected}
+    breaker = b.breaker
+    if breaker is not None:
+        for (old, new), n in getattr(breaker, "transitions", {}).items():
+            out[("transition", old, new)] = n
+    return out
+
+
+class Metrics:
+    """The request-path observer (`record`, `refusal`) and failure hook (`record_failure`)."""
+
+    def __init__(self, runtime: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.runtime = runtime
+        self._now = loop.time
+        self.routes: dict[str, RouteStats] = {}
+        self.no_route = RouteStats("")
+        self.services: dict[str, ServiceStats] = {}
+        self.refused: dict[tuple[str, int], int] = {}
+
+    # -- the request path ------------------------------------------------------------------------
+    def record(self, ex: Any, ok: bool) -> None:
+        now = self._now()
+        route = ex.route
+        if route is None:
+            rs = self.no_route
+        else:
+            rs = route.stats
+            if rs is None:
+                rs = self._route(route)
+        svc = ex.service
+        sname = "" if svc is None else svc.name
+        ss = self.services.get(sname)
+        if ss is None:
+            ss = self._service(sname)
+        bs = ss.backends.get(ex.upstream_name)
+        if bs is None:
+            bs = self._backend(ss, ex.upstream_name)
+        status = ex.status
+        key = (rs.name, status, METHODS.get(ex.method, OTHER_METHOD))
+        codes = bs.codes
+        codes[key] = codes.get(key, 0) + 1
+        bs.requests += 1
+        failure = ex.failure
+        if failure:
+            fkey = (sname, failure)
+            rs.failures[fkey] = rs.failures.get(fkey, 0) + 1
+            if failure != "client-gone":
+                bs.errors += 1
+        elif status >= 500:
+            bs.errors += 1
+        if ex.retries:
+            rs.retries[sname] = rs.retries.get(sname, 0) + ex.retries
+        t = ex.t_upstream
+        if t:
+            bs.upstream_count += 1
+            bs.upstream_sum += now - t
+        h = rs.durations.get(sname)
+        if h is None:
+            h = rs.durations[sname] = Histogram()
+        d = now - ex.t0
+        h.counts[bisect_left(BUCKETS, d)] += 1
+        h.sum += d
+
+    def refusal(self, conn: Any, status: int) -> None:
+        key = (conn.listener.name, status)
+        self.refused[key] = self.refused.get(key, 0) + 1
+
+    def record_failure(self, svc: Any, backend: Any, kind: str) -> None:
+        ss = self.services.get(svc.name) or self._service(svc.name)
+        bs = ss.backends.get(backend.name) or self._backend(ss, backend.name)
+        bs.failures[kind] = bs.failures.get(kind, 0) + 1
+
+    # -- first sight of a route, service or backend ------------------------------------------------
+    def _route(self, route: Any) -> RouteStats:
+        # Routes are recompiled on reload; the counts live on by name.
+        rs = self.routes.get(route.name)
+        if rs is None:
+            rs = self.routes[route.name] = RouteStats(route.name)
+        route.stats = rs
+        return rs
+
+    def _service(self, name: str) -> ServiceStats:
+        ss = self.services[name] = ServiceStats(name)
+        return ss
+
+    def _backend(self, ss: ServiceStats, name: str) -> BackendStats:
+        if not name:
+            label = ""  # no backend was chosen (none available, or lb answered itself)
+        elif ss.labelled < self.runtime.config.metrics.max_backends_per_service:
+            label = name
+            ss.labelled += 1
+        else:
+            label = OTHER
+        bs = ss.backends[name] = BackendStats(name, label)
+        return bs
+
+    # -- scrape time -----------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Follow membership: label new backends in service order, retire the ones gone,
+        snapshot the counters that live on Backend objects."""
+        live_services = self.runtime.services
+        for name in [n for n in self.services if n and n not in live_services]:
+            del self.services[name]
+        for svc in live_services.values():
+            ss = self.services.get(svc.name) or self._service(svc.name)
+            for b in svc.backends.values():
+                bs = ss.backends.get(b.name) or self._backend(ss, b.name)
+                if bs.backend is not b:
+                    if bs.backend is not None and bs.label == OTHER:
+                        # A new Backend object restarts its counters: bank the old ones.
+                        for k, n in bs.seen.items():
+                            ss.retired.seen[k] = ss.retired.seen.get(k, 0) + n
+                    bs.backend = b
+                bs.seen = _backend_counters(b)
+            live = {b.name for b in svc.backends.values()}
+            for name in [n for n in ss.backends if n and n not in live]:
+                bs = ss.backends.pop(name)
+                if bs.label == OTHER:
+                    ss.retired.absorb(bs)
+                else:
+                    ss.labelled -= 1
+
+    def backend_totals(self, service: str, backend: str) -> tuple[int, int] | None:
+        """(requests, errors) seen for one backend, for the admin API."""
+        ss = self.services.get(service)
+        bs = ss.backends.get(backend) if ss is not None else None
+        return (bs.requests, bs.errors) if bs is not None else None
+
+    def route_totals(self) -> dict[str, list[int]]:
+        """Route name -> [requests, 5xx answers], for the admin API."""
+        totals: dict[str, list[int]] = {}
+        for ss in self.services.values():
+            for bs in (*ss.backends.values(), ss.retired):
+                for (route, status, _), n in bs.codes.items():
+                    t = totals.get(route)
+                    if t is None:
+                        t = totals[route] = [0, 0]
+                    t[0] += n
+                    if status >= 500:
+                        t[1] += n
+        return totals
+
+
+# -- exposition ---------------------------------------------------------------------------------
+def _loop_name() -> str:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return "unknown"
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+class Exposition(Collector):
+    """Builds every `lb_` family from live state and the counters above, per scrape."""
+
+    def __init__(
+        self,
+        server: Any,
+        metrics: Metrics,
+        *,
+        enabled: Callable[[], bool],
+        extra: Iterable[Callable[[], Iterable[Any]]] = (),
+    ) -> None:
+        self.server = server
+        self.metrics = metrics
+        self.enabled = enabled
+        self.extra = list(extra)
+        self.loop = _loop_name()
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._process()
+        if not self.enabled():
+            return
+        m = self.metrics
+        m.sync()
+        yield from self._requests()
+        yield from self._backends()
+        yield from self._listeners()
+        yield from self._traffic_control()
+        yield from self._generic()
+        for source in self.extra:
+            yield from source()
+
+    # -- lb itself and its config ------------------------------------------------------------------
+    def _process(self) -> Iterator[Any]:
+        server = self.server
+        runtime = server.runtime
+        info = InfoMetricFamily("lb_build", "lb version, picker implementation and event loop.")
+        info.add_metric([], {"version": __version__, "picker": IMPLEMENTATION, "loop": self.loop})
+        yield info
+        cfg = InfoMetricFamily("lb_config", "The running config's hash (first 12 hex digits).")
+        cfg.add_metric([], {"hash": runtime.loaded.digest[:12]})
+        yield cfg
+        reloads = CounterMetricFamily(
+            "lb_config_reload", "Config reloads by result.", labels=["result"]
+        )
+        for result in ("success", "failure"):
+            reloads.add_metric([result], server.reloads.get(result, 0))
+        yield reloads
+        yield GaugeMetricFamily(
+            "lb_config_last_reload_success",
+            "1 if the last reload succeeded (or none was tried), else 0.",
+            value=1 if server.last_reload_ok else 0,
+        )
+        yield GaugeMetricFamily(
+            "lb_config_last_reload_timestamp_seconds",
+            "Unix time the running config was loaded: at start or by the last reload that "
+            "changed it.",
+            value=runtime.loaded_at,
+        )
+
+    # -- requests ----------------------------------------------------------------------------------
+    def _requests(self) -> Iterator[Any]:
+        m = self.metrics
+        live = {r.name for r in self.server.runtime.table.routes}
+        live.add("")
+        requests = CounterMetricFamily(
+            "lb_requests",
+            "Finished requests by route, service, backend, status code and method "
+            "(code 0: no response was sent).",
+            labels=["route", "service", "backend", "code", "method"],
+        )
+        upstream = SummaryMetricFamily(
+            "lb_upstream_duration_seconds",
+            "Time from sending the request to a backend (last attempt) to the end of its response.",
+            labels=["service", "backend"],
+        )
+        for ss in m.services.values():
+            _drop_dead_routes(ss.retired.codes, live)
+            other: dict[tuple[str, int, str], int] = dict(ss.retired.codes)
+            up_count, up_sum = ss.retired.upstream_count, ss.retired.upstream_sum
+            for bs in ss.backends.values():
+                _drop_dead_routes(bs.codes, live)
+                if bs.label == OTHER:
+                    for k, n in bs.codes.items():
+                        other[k] = other.get(k, 0) + n
+                    up_count += bs.upstream_count
+                    up_sum += bs.upstream_sum
+                    continue
+                for (route, code, method), n in bs.codes.items():
+                    requests.add_metric([route, ss.name, bs.label, str(code), method], n)
+                if bs.upstream_count:
+                    upstream.add_metric([ss.name, bs.label], bs.upstream_count, bs.upstream_sum)
+            for (route, code, method), n in other.items():
+                requests.add_metric([route, ss.name, OTHER, str(code), method], n)
+            if up_count:
+                upstream.add_metric([ss.name, OTHER], up_count, up_sum)
+        yield requests
+        yield upstream
+
+        for name in [n for n in m.routes if n not in live]:
+            del m.routes[name]
+        durations = HistogramMetricFamily(
+            "lb_request_duration_seconds",
+            "Time from the request head's arrival to the end of the response.",
+            labels=["route", "service"],
+        )
+        retries = CounterMetricFamily(
+            "lb_retries", "Retries made, by route and service.", labels=["route", "service"]
+        )
+        failures = CounterMetricFamily(
+            "lb_request_failures",
+            "Requests that ended in a failure, by kind (connect-failure, connect-timeout, reset, "
+            "response-head, reset-after-head, upstream-idle, client-gone, ...).",
+            labels=["route", "service", "failure"],
+        )
+        for rs in (*m.routes.values(), m.no_route):
+            for sname, h in rs.durations.items():
+                durations.add_metric([rs.name, sname], h.cumulative(), h.sum)
+            for sname, n in rs.retries.items():
+                retries.add_metric([rs.name, sname], n)
+            for (sname, kind), n in rs.failures.items():
+                failures.add_metric([rs.name, sname, kind], n)
+        yield durations
+        yield retries
+        yield failures
+
+    # -- backends ----------------------------------------------------------------------------
+    def _backends(self) -> Iterator[Any]:
+        m = self.metrics
+        runtime = self.server.runtime
+        svc_in_flight = GaugeMetricFamily(
+            "lb_requests_in_flight",
+            "Requests being served by the service's backends.",
+            labels=["service"],
+        )
+        panic = GaugeMetricFamily(
+            "lb_service_panic",
+            "1 while the service balances over all backends because too few are healthy "
+            "(panic threshold).",
+            labels=["service"],
+        )
+        members = GaugeMetricFamily(
+            "lb_service_backends", "Backends of a service by state.", labels=["service", "state"]
+        )
+        fams = _BackendFamilies()
+        for svc in runtime.services.values():
+            ss = m.services.get(svc.name)
+            if ss is None:
+                continue
+            name = svc.name
+            now = svc.clock()
+            panic.add_metric([name], 1 if svc.panic else 0)
+            total_in_flight = 0
+            by_state = dict.fromkeys(STATES, 0)
+            other = _View()
+            other.add_counts(ss.retired)
+            for b in svc.backends.values():
+                bs = ss.backends.get(b.name)
+                if bs is None:
+                    continue
+                view = other if bs.label == OTHER else _View()
+                st = view.add(svc, b, bs, now)
+                total_in_flight += view.last_in_flight
+                by_state[st] += 1
+                if view is not other:
+                    fams.emit(name, bs.label, view)
+            if other.members or other.seen or other.failures:
+                fams.emit(name, OTHER, other)
+            svc_breaker = getattr(svc, "breaker", None)
+            if svc_breaker is not None:
+                current = getattr(svc_breaker, "state", None)
+                for s in BREAKER_STATES:
+                    fams.breaker_state.add_metric([name, "", s], 1 if s == current else 0)
+                for (old, new), n in getattr(svc_breaker, "transitions", {}).items():
+                    fams.transitions.add_metric([name, "", old, new], n)
+            svc_in_flight.add_metric([name], total_in_flight)
+            for s, n in by_state.items():
+                members.add_metric([name, s], n)
+        yield from (svc_in_flight, panic, members)
+        yield from fams.all()
+
+    # -- listeners ---------------------------------------------------------------------------------
+    def _listeners(self) -> Iterator[Any]:
+        runtime = self.server.runtime
+        conns = GaugeMetricFamily(
+            "lb_client_connections", "Open client connections.", labels=["listener"]
+        )
+        accepted = CounterMetricFamily(
+            "lb_client_connections_accepted", "Client connections accepted.", labels=["listener"]
+        )
+        for name, lr in runtime.listeners.items():
+            conns.add_metric([name], len(lr.connections))
+            accepted.add_metric([name], lr.accepted)
+        refused = CounterMetricFamily(
+            "lb_refused",
+            "Requests refused before routing (400, 408, 413, 431, ...).",
+            labels=["listener", "code"],
+        )
+        for (listener, code), n in self.metrics.refused.items():
+            refused.add_metric([listener, str(code)], n)
+        yield from (conns, accepted, refused)
+
+    # -- traffic control and discovery extension points --------------------------------------------
+    def _traffic_control(self) -> Iterator[Any]:
+        runtime = self.server.runtime
+        overflows = CounterMetricFamily(
+            "lb_cap_overflows",
+            "Requests refused by a service's concurrency cap "
+            "(connections, pending, requests, retries).",
+            labels=["service", "cap"],
+        )
+        active = GaugeMetricFamily(
+            "lb_cap_active", "Current usage of each concurrency cap.", labels=["service", "cap"]
+        )
+        ejections = CounterMetricFamily(
+            "lb_outlier_ejections", "Outlier ejections.", labels=["service"]
+        )
+        ejected = GaugeMetricFamily(
+            "lb_outlier_ejected", "Backends ejected now.", labels=["service"]
+        )
+        ejection_overflows = CounterMetricFamily(
+            "lb_outlier_ejection_overflows",
+            "Ejections not made because max_ejection_percent was reached.",
+            labels=["service"],
+        )
+        last_success = GaugeMetricFamily(
+            "lb_discovery_last_success_timestamp_seconds",
+            "Unix time of the last successful discovery read for the service.",
+            labels=["service"],
+        )
+        errors = CounterMetricFamily(
+            "lb_discovery_errors", "Failed discovery reads.", labels=["service"]
+        )
+        stale = GaugeMetricFamily(
+            "lb_discovery_stale",
+            "1 while the last discovery read failed and the last known good set is in use.",
+            labels=["service"],
+        )
+        for svc in runtime.services.values():
+            name = svc.name
+            caps = getattr(svc, "caps", None)
+            if caps is not None:
+                for cap, n in getattr(caps, "overflows", {}).items():
+                    overflows.add_metric([name, cap], n)
+                for cap in CAPS:
+                    value = getattr(caps, cap, None)
+                    if isinstance(value, int):
+                        active.add_metric([name, cap], value)
+            outlier = getattr(svc, "outlier", None)
+            if outlier is not None:
+                ejections.add_metric([name], getattr(outlier, "ejections_total", 0))
+                ejected.add_metric([name], len(getattr(outlier, "ejected", ())))
+                ejection_overflows.add_metric([name], getattr(outlier, "overflows", 0))
+            disc = getattr(svc, "discovery", None)
+            if disc is not None:
+                when = getattr(disc, "last_success", None)
+                if when is not None:
+                    last_success.add_metric([name], when)
+                errors.add_metric([name], getattr(disc, "errors", 0))
+                stale.add_metric([name], 1 if getattr(disc, "stale", False) else 0)
+        yield from (
+            overflows,
+            active,
+            ejections,
+            ejected,
+            ejection_overflows,
+            last_success,
+            errors,
+            stale,
+        )
+
+    def _generic(self) -> Iterator[Any]:
+        counters = getattr(self.server.runtime, "counters", None) or {}
+        for key, spec in COUNTERS.items():
+            fam = CounterMetricFamily(spec.name, spec.doc, labels=list(spec.labels))
+            for labels, n in list(counters.get(key, {}).items()):
+                if len(labels) == len(spec.labels):
+                    fam.add_metric([str(v) for v in labels], n)
+            yield fam
+        for key in counters:
+            if key not in COUNTERS and key not in _WARNED:
+                _WARNED.add(key)
+                log.warning(
+                    "runtime.counters[%r] is not exported: declare it with "
+                    "lb.observe.metrics.register_counter",
+                    key,
+                )
+
+
+_WARNED: set[str] = set()
+
+
+def _drop_dead_routes(codes: dict[tuple[str, int, str], int], live: set[str]) -> None:
+    """Routes removed by a reload take their series with them."""
+    dead = [k for k in codes if k[0] not in live]
+    for k in dead:
+        del codes[k]
+
+
+class _View:
+    """One `backend` label's worth of backends: one backend, or all of a service's folded
+    ones (then gauges are sums and state series count backends)."""
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.states: dict[tuple[str, str], int] = {}
+        self.in_flight = 0
+        self.last_in_flight = 0
+        self.weight = 0
+        self.up = 0
+        self.breakers: dict[str, int] = {}
+        self.seen: dict[tuple[str, ...], int] = {}
+        self.failures: dict[str, int] = {}
+
+    def add_counts(self, bs: BackendStats) -> None:
+        for k, n in bs.seen.items():
+            self.seen[k] = self.seen.get(k, 0) + n
+        for kind, n in bs.failures.items():
+            self.failures[kind] = self.failures.get(kind, 0) + n
+
+    def add(self, svc: Any, b: Any, bs: BackendStats, now: float) -> str:
+        """Count one backend in; returns its state."""
+        st, reason = b.state(now)
+        self.members += 1
+        self.states[(st, reason)] = self.states.get((st, reason), 0) + 1
+        self.last_in_flight = svc.in_flight(b)
+        self.in_flight += self.last_in_flight
+        self.weight += b.weight
+        self.up += st == "up"
+        breaker = getattr(b.breaker, "state", None)
+        if breaker is not None:
+            self.breakers[breaker] = self.breakers.get(breaker, 0) + 1
+        self.add_counts(bs)
+        return st
+
+
+class _BackendFamilies:
+    def __init__(self) -> None:
+        sb = ["service", "backend"]
+        self.in_flight = GaugeMetricFamily(
+            "lb_backend_in_flight", "Requests in flight per backend.", labels=sb
+        )
+        self.weight = GaugeMetricFamily("lb_backend_weight", "Configured weight.", labels=sb)
+        self.up = GaugeMetricFamily(
+            "lb_backend_up",
+            '1 if the backend takes traffic (for backend="other": how many do).',
+            labels=sb,
+        )
+        self.state = GaugeMetricFamily(
+            "lb_backend_state",
+            "1 for the backend's current state (with its reason), 0 for the others; for "
+            'backend="other": how many are in each.',
+            labels=[*sb, "state", "reason"],
+        )
+        self.selected = CounterMetricFamily(
+            "lb_backend_selected",
+            "Times the picker chose the backend (retries included).",
+            labels=sb,
+        )
+        self.failures = CounterMetricFamily(
+            "lb_backend_failures",
+            "Failed attempts to a backend by kind (connect-failure, connect-timeout, reset, "
+            "protocol, response-head).",
+            labels=[*sb, "kind"],
+        )
+        self.breaker_state = GaugeMetricFamily(
+            "lb_breaker_state",
+            'Circuit breaker state: 1 for the current one (for backend="other": how many '
+            'are in it). backend="" is the service\'s own breaker.',
+            labels=[*sb, "state"],
+        )
+        self.transitions = CounterMetricFamily(
+            "lb_breaker_transitions",
+            "Circuit breaker state changes.",
+            labels=[*sb, "from", "to"],
+        )
+
+    def emit(self, service: str, label: str, v: _View) -> None:
+        sb = [service, label]
+        if v.members:
+            self.in_flight.add_metric(sb, v.in_flight)
+            self.weight.add_metric(sb, v.weight)
+            self.up.add_metric(sb, v.up)
+            for s in STATES:
+                current = [(r, n) for (st, r), n in v.states.items() if st == s]
+                for reason, n in current or [("", 0)]:
+                    self.state.add_metric([*sb, s, reason], n)
+        for key, n in v.seen.items():
+            if key[0] == "selected":
+                self.selected.add_metric(sb, n)
+            else:
+                self.transitions.add_metric([*sb, key[1], key[2]], n)
+        for kind, n in v.failures.items():
+            self.failures.add_metric([*sb, kind], n)
+        if v.breakers:
+            for s in BREAKER_STATES:
+                self.breaker_state.add_metric([*sb, s], v.breakers.get(s, 0))
+
+    def all(self) -> tuple[Any, ...]:
+        return (
+            self.in_flight,
+            self.weight,
+            self.up,
+            self.state,
+            self.selected,
+            self.failures,
+            self.breaker_state,
+            self.transitions,
+        )

@@ -1,0 +1,190 @@
+"""The compiled picker and its pure-Python twin make identical choices.
+
+Random sequences of every operation are applied to both, below and above the power-of-two-choices
+threshold, and every result is compared.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from lb.balancer import picker_py
+
+try:
+    from lb import _picker
+except ImportError:
+    pytest.skip(
+        "lb._picker is not built (run: python setup.py build_ext --inplace)",
+        allow_module_level=True,
+    )
+
+MAX_POOL = picker_py.P2C_THRESHOLD * 3
+
+weights = st.one_of(st.integers(0, 6), st.just(picker_py.MAX_WEIGHT))
+windows = st.sampled_from([0.0, 0.5, 3.0, 20.0])
+
+
+class PickerPair(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.twin: Any = None
+        self.ext: Any = None
+        self.now = 0.0
+        self.slots: list[int] = []
+        self.held: list[int] = []  # one entry per request picked and not yet released
+
+    def both(self, method: str, *args: Any) -> Any:
+        expected = getattr(self.twin, method)(*args)
+        got = getattr(self.ext, method)(*args)
+        assert got == expected, (method, args)
+        return expected
+
+    @initialize(seed=st.integers(0, 2**64 - 1), count=st.integers(0, 8), weight=weights)
+    def start(self, seed: int, count: int, weight: int) -> None:
+        self.twin = picker_py.Picker(seed)
+        self.ext = _picker.Picker(seed)
+        for _ in range(count):
+            self.slots.append(self.both("add", weight, self.now))
+
+    @precondition(lambda self: len(self.slots) < MAX_POOL)
+    @rule(weight=weights, slow_start=windows)
+    def add(self, weight: int, slow_start: float) -> None:
+        self.slots.append(self.both("add", weight, self.now, slow_start))
+
+    @precondition(lambda self: len(self.slots) < MAX_POOL)
+    @rule(count=st.integers(1, picker_py.P2C_THRESHOLD + 10), weight=st.integers(1, 4))
+    def add_many(self, count: int, weight: int) -> None:
+        # Large steps are what carry the pool across the threshold in either direction.
+        for i in range(min(count, MAX_POOL - len(self.slots))):
+            self.slots.append(self.both("add", weight + i % 3, self.now))
+
+    @precondition(lambda self: self.slots)
+    @rule(data=st.data(), count=st.integers(1, picker_py.P2C_THRESHOLD))
+    def remove(self, data: st.DataObject, count: int) -> None:
+        for _ in range(min(count, len(self.slots))):
+            slot = self.slots.pop(data.draw(st.integers(0, len(self.slots) - 1)))
+            while slot in self.held:
+                self.held.remove(slot)
+                self.both("release", slot)
+            self.both("remove", slot)
+
+    @precondition(lambda self: self.slots)
+    @rule(data=st.data(), weight=weights)
+    def set_weight(self, data: st.DataObject, weight: int) -> None:
+        self.both("set_weight", data.draw(st.sampled_from(self.slots)), weight)
+
+    @precondition(lambda self: self.slots)
+    @rule(data=st.data(), eligible=st.booleans(), slow_start=windows, spread=st.integers(1, 50))
+    def set_eligible(
+        self, data: st.DataObject, eligible: bool, slow_start: float, spread: int
+    ) -> None:
+        # Several slots at once, so that large pools get mostly-down phases too.
+        first = data.draw(st.integers(0, len(self.slots) - 1))
+        for slot in self.slots[first : first + spread]:
+            self.both("set_eligible", slot, eligible, self.now, slow_start)
+
+    @precondition(lambda self: self.slots)
+    @rule(data=st.data(), slow_start=windows)
+    def restart_slow_start(self, data: st.DataObject, slow_start: float) -> None:
+        slot = data.draw(st.sampled_from(self.slots))
+        self.both("restart_slow_start", slot, self.now, slow_start)
+
+    @rule(dt=st.one_of(st.floats(0.0, 5.0), st.floats(-1.0, 0.0)))
+    def advance(self, dt: float) -> None:
+        self.now += dt
+
+    @rule(count=st.integers(1, 30), panic=st.booleans(), keep=st.booleans())
+    def pick(self, count: int, panic: bool, keep: bool) -> None:
+        above = len(self.slots) > picker_py.P2C_THRESHOLD
+        event("pick with power of two choices" if above else "pick with the exact scan")
+        for _ in range(count):
+            slot = self.both("pick", self.now, panic)
+            if slot < 0:
+                continue
+            if keep:
+                self.held.append(slot)
+            else:
+                self.both("release", slot)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), count=st.integers(1, 30))
+    def release(self, data: st.DataObject, count: int) -> None:
+        for _ in range(min(count, len(self.held))):
+            slot = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
+            self.both("release", slot)
+
+    @precondition(lambda self: self.slots)
+    @rule(data=st.data())
+    def release_idle(self, data: st.DataObject) -> None:
+        # Releasing more than was picked must clamp at 0 in both.
+        self.both("release", data.draw(st.sampled_from(self.slots)))
+
+    @rule()
+    def compare_every_slot(self) -> None:
+        for slot in self.slots:
+            self.both("in_flight", slot)
+            self.both("effective_weight", slot, self.now)
+
+    @invariant()
+    def same_counts(self) -> None:
+        if self.twin is not None:
+            self.both("__len__")
+            self.both("eligible_count")
+
+
+PickerPair.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+test_twin_and_extension_agree = PickerPair.TestCase
+
+
+def test_scripted_large_pool_agrees() -> None:
+    """A fixed long script that is sure to spend most of its time above the threshold."""
+    rng = random.Random(2024)
+    twin, ext = picker_py.Picker(9), _picker.Picker(9)
+    now = 0.0
+    held: list[int] = []
+    for i in range(picker_py.P2C_THRESHOLD * 2):
+        slow_start = 10.0 if i % 7 == 0 else 0.0
+        assert twin.add(1 + i % 4, now, slow_start) == ext.add(1 + i % 4, now, slow_start)
+    size = picker_py.P2C_THRESHOLD * 2
+    for step in range(20_000):
+        op = rng.random()
+        if op < 0.5:
+            panic = rng.random() < 0.1
+            slot = twin.pick(now, panic)
+            assert ext.pick(now, panic) == slot, step
+            if slot >= 0:
+                held.append(slot)
+        elif op < 0.9 and held:
+            slot = held.pop(rng.randrange(len(held)))
+            assert twin.release(slot) == ext.release(slot)
+        elif op < 0.95:
+            slot, up = rng.randrange(size), rng.random() < 0.6
+            twin.set_eligible(slot, up, now, 5.0)
+            ext.set_eligible(slot, up, now, 5.0)
+        elif op < 0.97:
+            slot, weight = rng.randrange(size), rng.randrange(5)
+            twin.set_weight(slot, weight)
+            ext.set_weight(slot, weight)
+        else:
+            now += rng.random()
+    assert twin.eligible_count() == ext.eligible_count()
+    for slot in range(size):
+        assert twin.in_flight(slot) == ext.in_flight(slot)
+        assert twin.effective_weight(slot, now) == ext.effective_weight(slot, now)

@@ -1,0 +1,128 @@
+"""lb as a process: graceful shutdown, and streaming 1 GiB each way in bounded memory."""
+
+import asyncio
+import signal
+
+from conftest import backends, free_port, lb_yaml, ok_response
+from procs import LbProcess, wait_port
+
+GIB = 1 << 30
+CHUNK = 1 << 20
+
+
+async def test_sigterm_drains_in_flight_then_exits_zero(tmp_path):
+    async def slow(req):
+        await asyncio.sleep(0.8)
+        return ok_response(b"finished")
+
+    async with backends(1, respond=slow) as bes:
+        port = free_port()
+        cfg = tmp_path / "lb.yaml"
+        admin = free_port()
+        cfg.write_text(lb_yaml([bes[0].address], port=port, admin_port=admin))
+        lb = LbProcess(cfg)
+        try:
+            await asyncio.to_thread(wait_port, port)
+            await asyncio.to_thread(wait_port, admin)  # fully started
+            idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            await w.drain()
+            await asyncio.sleep(0.2)
+            lb.signal(signal.SIGTERM)
+            raw = await asyncio.wait_for(r.read(), 5)
+            assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"finished")
+            assert b"connection: close" in raw.lower()
+            assert await asyncio.wait_for(idle_r.read(), 5) == b""  # idle keep-alive closed
+            code = await asyncio.to_thread(lb.proc.wait, 10)
+            assert code == 0, lb.output()
+            w.close()
+            idle_w.close()
+        finally:
+            lb.stop()
+
+
+async def _sink_backend(be, reader, writer):
+    """Counts a streamed upload without keeping it, or streams 1 GiB down."""
+    while True:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return
+        if head.startswith(b"POST"):
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            got = 0
+            while got < length:
+                got += len(await reader.read(min(CHUNK, length - got)))
+            writer.write(ok_response(str(got).encode()))
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % GIB)
+            block = b"d" * CHUNK
+            for _ in range(GIB // CHUNK):
+                writer.write(block)
+                await writer.drain()
+        await writer.drain()
+
+
+async def test_gigabyte_each_way_in_bounded_memory(tmp_path):
+    async with backends(1, handler=_sink_backend) as bes:
+        port = free_port()
+        cfg = tmp_path / "lb.yaml"
+        admin = free_port()
+        cfg.write_text(lb_yaml([bes[0].address], port=port, admin_port=admin))
+        lb = LbProcess(cfg)
+        try:
+            await asyncio.to_thread(wait_port, port)
+            await asyncio.to_thread(wait_port, admin)  # fully started
+            base = lb.rss()
+            peak = base
+
+            async def watch() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, lb.rss())
+                    await asyncio.sleep(0.05)
+
+            watcher = asyncio.create_task(watch())
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % GIB)
+            block = b"u" * CHUNK
+            for _ in range(GIB // CHUNK):
+                w.write(block)
+                await w.drain()
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+            assert head.startswith(b"HTTP/1.1 200")
+            assert await r.readexactly(len(str(GIB))) == str(GIB).encode()
+            w.close()
+
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /down HTTP/1.1\r\nhost: x\r\n\r\n")
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+            assert b"content-length: %d" % GIB in head.lower()
+            got = 0
+            while got < GIB:
+                data = await asyncio.wait_for(r.read(4 * CHUNK), 30)
+                assert data
+                got += len(data)
+            assert got == GIB
+            w.close()
+            watcher.cancel()
+            assert peak - base < 64 * CHUNK, f"RSS grew by {(peak - base) >> 20} MiB"
+        finally:
+            lb.stop()
+
+
+async def test_sigint_also_graceful(tmp_path):
+    async with backends(1) as bes:
+        port = free_port()
+        cfg = tmp_path / "lb.yaml"
+        admin = free_port()
+        cfg.write_text(lb_yaml([bes[0].address], port=port, admin_port=admin))
+        lb = LbProcess(cfg)
+        try:
+            await asyncio.to_thread(wait_port, port)
+            await asyncio.to_thread(wait_port, admin)  # fully started
+            lb.signal(signal.SIGINT)
+            assert await asyncio.to_thread(lb.proc.wait, 10) == 0
+        finally:
+            lb.stop()
