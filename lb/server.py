@@ -35,6 +35,7 @@ class Server:
         self.stopping = asyncio.Event()
         self.reload_lock = asyncio.Lock()
         self.admin: Any = None
+        self.discovery: Any = None  # lb.discovery.manager.DiscoveryManager, set by start()
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_ok = True
         self.last_reload_errors: list[str] = []
@@ -43,6 +44,7 @@ class Server:
 
     async def start(self) -> None:
         self._install_signals()  # before the ports open: a signal then is never lost
+
         for cfg in self.runtime.config.listeners:
             await self._bind(cfg)
         from .admin.app import AdminServer
@@ -51,6 +53,7 @@ class Server:
         from .observe import install as install_observability
 
         install_observability(self)
+
         await self.admin.start()
         for ext in self.extensions:
             await ext.start()
@@ -159,13 +162,14 @@ class Server:
             if lr.server is not None:
                 lr.server.close()
         deadline = self.loop.time() + drain
+        listeners = list(self.runtime.listeners.values())
         while self.loop.time() < deadline:
-            busy = 0
-            for lr in self.runtime.listeners.values():
+            for lr in listeners:
                 for conn in list(lr.connections):
-                    if not conn.close_idle():
-                        busy += 1
-            if not busy:
+                    conn.close_idle()
+            # Wait for connections to be gone, not merely closing: a closing one may still
+            # be flushing its last response.
+            if not any(lr.connections for lr in listeners):
                 break
             await asyncio.sleep(0.05)
         for lr in self.runtime.listeners.values():

@@ -167,6 +167,15 @@ class Consul:
     def check(self, report: Report) -> None:
         if not 0 < self.wait <= 600:
             report("wait", "expected a blocking wait between 0 and 10m")
+        # The client's own parser, so that `lb check` accepts exactly the addresses lb runs with.
+        from ..discovery.consul import split_address
+
+        try:
+            split_address(self.address)
+        except ValueError as exc:
+            report("address", str(exc))
+        if self.key_file and not self.cert_file:
+            report("key_file", "a client key needs cert_file")
 
 
 @dataclass
@@ -225,6 +234,13 @@ class HealthCheck:
     jitter: Annotated[float, Check(lambda v: 0 <= v < 1, "a fraction from 0 to 1")] = 0.1
     host: str | None = None
 
+    def check(self, report: Report) -> None:
+        if not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
+            report("path", f'a path starting with "/", without spaces, found "{self.path}"')
+        for name in ("interval", "timeout"):
+            if getattr(self, name) <= 0:
+                report(name, "expected a positive duration")
+
 
 @dataclass
 class CircuitBreaker:
@@ -243,6 +259,13 @@ class CircuitBreaker:
         default_factory=lambda: ["connect", "timeout", "5xx"]
     )
 
+    def check(self, report: Report) -> None:
+        for name in ("window", "open_for"):
+            if getattr(self, name) <= 0:
+                report(name, "expected a positive duration")
+        if self.max_open_for < self.open_for:
+            report("max_open_for", "expected at least open_for")
+
 
 @dataclass
 class OutlierDetection:
@@ -250,6 +273,10 @@ class OutlierDetection:
     base_ejection: Duration = 30.0
     max_ejection: Duration = 300.0
     max_ejection_percent: Percent = 10.0
+
+    def check(self, report: Report) -> None:
+        if self.base_ejection <= 0:
+            report("base_ejection", "expected a positive duration")
 
 
 @dataclass
@@ -396,6 +423,10 @@ class Retries:
     max_backoff: Duration = 0.25
     budget_percent: Percent = 20.0
     min_retry_concurrency: NonNegative = 3
+
+    def check(self, report: Report) -> None:
+        if self.per_try_timeout is not None and self.per_try_timeout <= 0:
+            report("per_try_timeout", "expected a positive duration")
 
 
 @dataclass

@@ -168,34 +168,36 @@ class ClientConnection(asyncio.Protocol):
         if info.host is None and not http10:
             raise BadRequest(400, "HTTP/1.1 request without Host")
         target = self._url
-        if not target.startswith(b"/"):
+        if target[:1] != b"/":
             target = self._absolute_form(target, info)
         path, _, query = target.decode("latin-1").partition("?")
-        if "/." in path or "%2e" in path.lower():
+        if "/." in path or ("%" in path and "%2e" in path.lower()):
             path = _normalize(path)
             target = (path + ("?" + query if query else "")).encode("latin-1")
-        host = (info.host or b"").decode("latin-1").lower()
-        colon = host.rfind(":")
-        if colon != -1 and "]" not in host[colon:]:
-            host = host[:colon]
+        host = _route_host(info.host)
         listener = self.listener
         route = listener.forced_route or listener.runtime.table.lookup(
             host, method, path, query, self._headers
         )
-        keep_alive = parser.should_keep_alive() and not self.closing
         ex = Exchange(
-            self, method, target, path, query, info, http10, keep_alive, route, self.loop.time()
+            self,
+            method,
+            target,
+            path,
+            query,
+            info,
+            http10,
+            parser.should_keep_alive() and not self.closing,
+            route,
+            self.loop.time(),
         )
-        ex.upgrade = parser.should_upgrade()
-        limit = self.body_limit(ex)
-        if limit is not None and (info.content_length or 0) > limit:
-            ex.req_done = False
-            self._req = ex
-            raise _Refuse(413)
+        if parser.should_upgrade():
+            ex.upgrade = True
         self._req = ex
-        if ex.req_done:
-            self.deadline.clear()
-        else:
+        if not ex.req_done:
+            limit = self.body_limit(ex)
+            if limit is not None and (info.content_length or 0) > limit:
+                raise _Refuse(413)
             self.deadline.set(listener.timeouts.client_body_idle, "body")
         if self.current is None:
             self.current = ex
@@ -218,8 +220,6 @@ class ClientConnection(asyncio.Protocol):
         ex = self._req
         if ex is None:
             return
-        if self.current is ex or ex.started:
-            self.deadline.clear()
         if ex.started:
             ex.request_complete(self._trailers)
         else:
@@ -353,6 +353,11 @@ class ClientConnection(asyncio.Protocol):
         self._close_after_write()
 
     def _on_timeout(self, kind: str) -> None:
+        ex = self.current
+        if kind == "head" and not self.in_headers and ex is not None:
+            return  # the head arrived; the exchange's own timeouts govern now
+        if kind == "body" and (self._req is None or self._req.req_done):
+            return
         if kind == "idle":
             self._close_after_write()
         elif self.current is None or not self.current.response_started:
@@ -378,6 +383,23 @@ class ClientConnection(asyncio.Protocol):
         if target == b"*":
             return target
         raise BadRequest(400, "bad request target")
+
+
+_HOSTS: dict[bytes | None, str] = {}
+
+
+def _route_host(raw: bytes | None) -> str:
+    """The Host header as routing sees it: lower case, no port. Cached: hosts repeat."""
+    host = _HOSTS.get(raw)
+    if host is None:
+        host = (raw or b"").decode("latin-1").lower()
+        colon = host.rfind(":")
+        if colon != -1 and "]" not in host[colon:]:
+            host = host[:colon]
+        if len(_HOSTS) >= 4096:
+            _HOSTS.clear()  # bounded: a client inventing hosts cannot grow it
+        _HOSTS[raw] = host
+    return host
 
 
 def _normalize(path: str) -> str:

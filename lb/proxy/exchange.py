@@ -6,6 +6,7 @@ ends in `_finish`, which runs exactly once and gives the picker slot back.
 """
 
 import asyncio
+from math import inf
 from typing import Any
 
 from ..balancer.backend import Backend
@@ -18,7 +19,19 @@ from .upstream import UpstreamConnection, connect, take_idle
 REPLAY_LIMIT = 64 * 1024  # request bytes kept for a retry; beyond this, no retry
 BUFFER_LIMIT = 256 * 1024  # body bytes held while connecting before the client is paused
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-_STATUS_LINES = {s: f"HTTP/1.1 {s} {responses.reason(s)}\r\n".encode() for s in range(100, 600)}
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %b\r\n" % (
+            status,
+            responses.reason(status).encode(),
+        )
+    return line
+
+
 _FAILURE_STATUS = {
     "connect-failure": 502,
     "reset": 502,
@@ -192,7 +205,13 @@ class Exchange:
         service = self.service
         assert service is not None
         now = self.client.loop.time()
-        b = service.pick(now, exclude)
+        if exclude is None:
+            slot = service.picker.pick(now, service.panic)
+            b = service.by_slot[slot] if slot >= 0 else None
+            if b is not None:
+                b.selected += 1
+        else:
+            b = service.pick(now, exclude)
         if b is None:
             fallback = service.fallback
             if fallback is not None and fallback is not service:
@@ -297,10 +316,13 @@ class Exchange:
             if route and route.response_head_timeout
             else svc.config.timeouts.response_head
         )
+        if route is not None and route.retry is not None and route.retry.per_try_timeout:
+            timeout = min(timeout, route.retry.per_try_timeout)  # each attempt its own wait
         conn.deadline.set(timeout, "response-head")
         self.t_upstream = self.client.loop.time()
         conn.send(self, data, self.method == b"HEAD")
-        self.client.resume_reading(4)
+        if self.client._paused:
+            self.client.resume_reading(4)
 
     # -- request body from the client -----------------------------------------------------------
     def request_body(self, chunk: bytes) -> None:
@@ -349,7 +371,6 @@ class Exchange:
         self,
         conn: UpstreamConnection,
         status: int,
-        reason: bytes,
         headers: list[tuple[bytes, bytes]],
         keep_alive: bool,
     ) -> None:
@@ -358,11 +379,7 @@ class Exchange:
         if status < 200 and status != 101:
             self.interim = True
             if not self.http10:  # 1xx never goes to an HTTP/1.0 client
-                conn.pending.append(
-                    _STATUS_LINES.get(status, b"HTTP/1.1 100 Continue\r\n")
-                    + join_headers(headers)
-                    + b"\r\n"
-                )
+                conn.pending.append(_status_line(status) + join_headers(headers) + b"\r\n")
             return
         route = self.route
         if (
@@ -378,8 +395,7 @@ class Exchange:
             conn.abort()
             self._retry_later("status")
             return
-        idle = route.idle_timeout if route and route.idle_timeout else svc.config.timeouts.idle
-        conn.deadline.set(idle, "idle")
+        conn.deadline.deadline = inf  # the head is in; the connection re-arms idle per chunk
         self.status = status
         self.response_started = True
         self.upstream_keepalive = keep_alive
@@ -387,13 +403,7 @@ class Exchange:
         fwd = info.forward
         if route is not None and route.response_rules is not None:
             fwd = route.response_rules.apply(fwd)
-        line = (
-            _STATUS_LINES.get(status)
-            if not reason or reason == responses.reason(status).encode()
-            else None
-        )
-        if line is None:
-            line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
+        line = _STATUS_LINES.get(status) or _status_line(status)
         if status == 101:
             self.tunnel = self.upgrade
             conn.pending.append(
@@ -428,17 +438,13 @@ class Exchange:
             conn_line = b"connection: close\r\n"
         else:
             conn_line = b"connection: keep-alive\r\n" if self.http10 else b""
-        conn.pending.append(b"".join([line, join_headers(fwd), framing, conn_line, b"\r\n"]))
+        conn.pending.append(b"".join((line, join_headers(fwd), framing, conn_line, b"\r\n")))
 
-    def response_body(self, body: bytes) -> None:
-        self.resp_bytes += len(body)
-        conn = self.upstream
-        if conn is None:
-            return
-        if self.chunked_out:
-            conn.pending.append(b"%x\r\n%b\r\n" % (len(body), body))
-        else:
-            conn.pending.append(body)
+    def idle_timeout(self) -> float:
+        route, svc = self.route, self.service
+        if route is not None and route.idle_timeout:
+            return float(route.idle_timeout)
+        return float(svc.config.timeouts.idle) if svc is not None else 60.0
 
     def response_body_violation(self, conn: UpstreamConnection) -> None:
         conn.abort()

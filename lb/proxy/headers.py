@@ -26,19 +26,28 @@ OVERRIDDEN = frozenset(
 )
 _SPECIAL = HOP_BY_HOP | OVERRIDDEN | {b"expect"}
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+# Request ids are process-unique and cheap: a random per-process prefix and a counter.
 _ID_PREFIX = os.urandom(6).hex().encode()
 _ids = count(1)
+
+
+_LOWER: dict[bytes, bytes] = {}
+
+
+def lower_name(name: bytes) -> bytes:
+    """Lower-cased header name, cached: the same few spellings arrive on every message."""
+    low = _LOWER.get(name)
+    if low is None:
+        low = name.lower()
+        if len(_LOWER) < 4096:  # bounded against clients that invent names
+            _LOWER[name] = low
+    return low
 
 
 class BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def new_request_id() -> bytes:
-    # Process-unique and cheap: a random per-process prefix and a counter (no urandom per request).
-    return _ID_PREFIX + b"-" + b"%x" % next(_ids)
 
 
 class RequestInfo:
@@ -81,7 +90,7 @@ def analyze_request(headers: list[tuple[bytes, bytes]], http10: bool) -> Request
     forward = info.forward
     named: set[bytes] | None = None
     for name, value in headers:
-        lname = name.lower()
+        lname = _LOWER.get(name) or lower_name(name)
         if lname not in _SPECIAL:
             forward.append((name, value))
             continue
@@ -127,7 +136,7 @@ def analyze_request(headers: list[tuple[bytes, bytes]], http10: bool) -> Request
     if named:
         info.forward = [(n, v) for n, v in forward if n.lower() not in named]
     if info.request_id is None:
-        info.request_id = new_request_id()
+        info.request_id = b"%b-%x" % (_ID_PREFIX, next(_ids))
     return info
 
 
@@ -146,7 +155,7 @@ def analyze_response(headers: list[tuple[bytes, bytes]]) -> ResponseInfo:
     forward = info.forward
     named: set[bytes] | None = None
     for name, value in headers:
-        lname = name.lower()
+        lname = _LOWER.get(name) or lower_name(name)
         if lname not in HOP_BY_HOP:
             forward.append((name, value))
         elif lname == b"content-length":
@@ -166,5 +175,10 @@ def analyze_response(headers: list[tuple[bytes, bytes]]) -> ResponseInfo:
     return info
 
 
+_colon = b": ".join
+
+
 def join_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join([n + b": " + v + b"\r\n" for n, v in headers])
+    if not headers:
+        return b""
+    return b"\r\n".join(map(_colon, headers)) + b"\r\n"

@@ -7,6 +7,7 @@ while idle leaves the pool at once (connection_lost).
 
 import asyncio
 import ssl
+from math import inf
 from typing import Any
 
 import httptools
@@ -51,8 +52,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.raw = False  # tunnelling: bytes go straight to the client
         self.pending: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
-        self._trailers_from = 0
         self.deadline = Deadline(loop, self._on_timeout)
 
     # -- transport events -----------------------------------------------------------------------
@@ -95,12 +94,18 @@ class UpstreamConnection(asyncio.Protocol):
             if self.exchange is not None:
                 self.exchange.upstream_failed(self, "protocol", str(exc))
             return
-        self._flush(ex)
-        if self.exchange is ex and ex.response_done:
-            ex.response_finished(self)
+        pending = self.pending
+        if pending:
+            # One write per received chunk: head and body of a small response leave together.
+            self.pending = []
+            ex.client.write(b"".join(pending) if len(pending) > 1 else pending[0])
+        if self.exchange is ex:
+            if ex.response_done:
+                ex.response_finished(self)
+            elif ex.response_started:
+                self.deadline.set(ex.idle_timeout(), "idle")
 
     def _flush(self, ex: Any) -> None:
-        # One write per received chunk: head and body of a small response leave together.
         if self.pending:
             out = self.pending
             self.pending = []
@@ -118,28 +123,20 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.upstream_resumed()
 
     # -- parser callbacks -----------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
+    # No on_message_begin/on_status: the list below is swapped out when a head completes (so
+    # what follows a body are trailers), and lb sends the standard reason phrase.
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._trailers_from = len(self._headers)
+        headers = self._headers
+        self._headers = []
         ex = self.exchange
         if ex is not None:
-            ex.response_head(
-                self,
-                self.parser.get_status_code(),
-                self._reason,
-                self._headers,
-                self.parser.should_keep_alive(),
-            )
-            if self.head_only and self.parser.get_status_code() >= 200:
+            parser = self.parser
+            status = parser.get_status_code()
+            ex.response_head(self, status, headers, parser.should_keep_alive())
+            if self.head_only and status >= 200:
                 ex.response_complete(self, [])
 
     def on_body(self, body: bytes) -> None:
@@ -148,13 +145,15 @@ class UpstreamConnection(asyncio.Protocol):
             if self.head_only:
                 ex.response_body_violation(self)
                 return
-            ex.response_body(body)
+            ex.resp_bytes += len(body)
+            self.pending.append(b"%x\r\n%b\r\n" % (len(body), body) if ex.chunked_out else body)
 
     def on_message_complete(self) -> None:
         ex = self.exchange
         if ex is not None and not self.head_only:
-            # Headers after the body are the trailers of a chunked response.
-            ex.response_complete(self, self._headers[self._trailers_from :])
+            headers = self._headers  # after a body: trailers of a chunked response
+            self._headers = []
+            ex.response_complete(self, headers)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def send(self, exchange: Any, data: bytes, head_only: bool) -> None:
@@ -208,7 +207,7 @@ def take_idle(backend: Backend) -> UpstreamConnection | None:
     while idle:
         conn = idle.pop()
         if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-            conn.deadline.clear()
+            conn.deadline.deadline = inf
             return conn
     return None
 

@@ -179,9 +179,13 @@ class Route:
         return self.path_value.search(path) is not None
 
     def matches(self, method: bytes, path: str, query: str, headers: Headers) -> bool:
-        return self.path_ok(path) and (
-            self.condition is None or self.condition.test(method, headers, query)
-        )
+        kind = self.path_kind
+        if kind == "prefix":
+            if not path.startswith(self.path_value):
+                return False
+        elif kind is not None and not self.path_ok(path):
+            return False
+        return self.condition is None or self.condition.test(method, headers, query)
 
     @property
     def pure_prefix(self) -> bool:

@@ -114,7 +114,8 @@ class RouteTable:
     def lookup(
         self, host: str, method: bytes, path: str, query: str, headers: Headers
     ) -> Route | None:
-        for step in self.steps_for(host):
+        steps = self._exact.get(host) or self.steps_for(host)
+        for step in steps:
             if type(step) is PrefixGroup:
                 r = step.find(path)
                 if r is not None:
