@@ -8,6 +8,7 @@ the Route object they hold, new ones see the new table.
 import asyncio
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .balancer.service import Service, static_specs
@@ -78,6 +79,13 @@ class Runtime:
         self.listeners: dict[str, ListenerRuntime] = {}
         self.observers: list[Any] = []  # record(exchange, ok) hooks: metrics, access log
         self.failure_hooks: list[Any] = []  # record_failure(service, backend, kind)
+        # Run on every new table right before it is swapped in (config apply and dynamic
+        # routes), when services and `config` are already updated: traffic control attaches
+        # route limiters, retries and service gates there.
+        self.compile_hooks: list[Callable[[RouteTable], None]] = []
+        # Declared outside the config (Consul tags); the config wins a service name.
+        self.dynamic_routes: list[model.Route] = []
+        self.dynamic_services: dict[str, model.Service] = {}
         self._tls: dict[str, ssl.SSLContext | None] = {}
         self.apply(loaded)
 
@@ -85,8 +93,9 @@ class Runtime:
     def apply(self, loaded: Loaded) -> None:
         """Install a validated config. Services update in place; the table swaps at the end."""
         cfg = loaded.config
-        table = RouteTable(cfg.routes)
-        for name, scfg in cfg.services.items():
+        table = RouteTable(cfg.routes + self.dynamic_routes)
+        wanted = {**self.dynamic_services, **cfg.services}
+        for name, scfg in wanted.items():
             svc = self.services.get(name)
             if svc is None:
                 svc = self.services[name] = Service(name, scfg)
@@ -96,7 +105,7 @@ class Runtime:
                 svc.update(static_specs(scfg))
             self._tls.pop(name, None)
         for name in list(self.services):
-            if name not in cfg.services:
+            if name not in wanted:
                 # Routes no longer reach it; drain what is in flight, then forget it.
                 self.services.pop(name).update([])
         for svc in self.services.values():
@@ -105,7 +114,28 @@ class Runtime:
         self.loaded = loaded
         self.config = cfg
         self.loaded_at = time.time()
+        self._swap(table)
+
+    def _swap(self, table: RouteTable) -> None:
+        for hook in self.compile_hooks:
+            hook(table)
         self.table = table
+
+    def set_dynamic_routes(
+        self, routes: list[model.Route], services: dict[str, model.Service]
+    ) -> None:
+        """Install routes and services declared outside the config, after the config's routes
+        (which win ties in match order). Services are added or drained; the table swaps last."""
+        table = RouteTable(self.config.routes + routes)
+        self.dynamic_routes = list(routes)
+        self.dynamic_services = dict(services)
+        for name, scfg in services.items():
+            if name not in self.services:
+                self.services[name] = Service(name, scfg)
+        for name in list(self.services):
+            if name not in self.config.services and name not in services:
+                self.services.pop(name).update([])
+        self._swap(table)
 
     def upstream_tls(self, svc: Service) -> ssl.SSLContext | None:
         if svc.name in self._tls:

@@ -5,6 +5,8 @@ import logging
 import signal
 import socket
 import ssl
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from .config import ConfigError, Loaded, load
@@ -35,6 +37,9 @@ class Server:
         self.stopping = asyncio.Event()
         self.reload_lock = asyncio.Lock()
         self.admin: Any = None
+        # Builds the admin server from this Server; None: lb.admin.app.AdminServer on
+        # config.admin.bind. A worker of `lb run --workers N` serves it privately (lb.workers).
+        self.admin_factory: Callable[[Server], Any] | None = None
         self.discovery: Any = None  # lb.discovery.manager.DiscoveryManager, set by start()
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_ok = True
@@ -44,16 +49,20 @@ class Server:
 
     async def start(self) -> None:
         self._install_signals()  # before the ports open: a signal then is never lost
+        from .traffic.control import install as install_traffic_control
 
+        install_traffic_control(self)  # before the ports open: no request skips a limit
         for cfg in self.runtime.config.listeners:
             await self._bind(cfg)
         from .admin.app import AdminServer
 
-        self.admin = AdminServer(self)
+        self.admin = (self.admin_factory or AdminServer)(self)
         from .observe import install as install_observability
 
         install_observability(self)
+        from .discovery.manager import install as install_discovery
 
+        install_discovery(self)
         await self.admin.start()
         for ext in self.extensions:
             await ext.start()
@@ -76,11 +85,15 @@ class Server:
         log.info("listening on %s:%d (%s)", host, port, cfg.name)
 
     def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded in another program's thread: signals are that program's business
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
         self.loop.add_signal_handler(signal.SIGHUP, lambda: self.loop.create_task(self.reload()))
 
     def _remove_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self.loop.remove_signal_handler(sig)
 

@@ -238,3 +238,14 @@ def test_policy_quota_and_window_are_integers(
     p = PolicyHeaders(rate, period)
     assert (p.quota, p.window) == (quota, window)
     assert math.isclose(p.quota / p.window, rate / period, rel_tol=0.5)
+
+
+def test_allow_agrees_with_check() -> None:
+    by_check = LocalLimiter(10, 1.0, 2, max_keys=4)
+    by_allow = LocalLimiter(10, 1.0, 2, max_keys=4)
+    now = 0.0
+    for i in range(400):
+        now += 0.013 * (i % 7)
+        key = f"k{i % 6}"
+        assert by_allow.allow(key, now) == by_check.check(key, now).allowed
+    assert list(by_allow._tats.items()) == list(by_check._tats.items())

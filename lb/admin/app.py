@@ -34,11 +34,14 @@ from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
 from ..balancer.picker import IMPLEMENTATION
+from ..observe.metrics import service_part
 from .dashboard import PAGE
 
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-_SECRET_KEYS = frozenset({"token", "password", "secret"})
+_SECRET_KEYS = frozenset(
+    {"token", "password", "secret", "authorization", "proxy-authorization", "cookie"}
+)
 REDACTED = "<redacted>"
 
 
@@ -68,8 +71,11 @@ class AdminServer:
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path in ("/healthz", "/readyz") or self.server.runtime.config.admin.token:
             return await handler(request)
-        host = urlsplit(f"//{request.host}").hostname or ""
-        if host not in _LOOPBACK and host != self.server.runtime.config.admin.bind[0]:
+        # Browsers always send Host; a client without one is no browser, hence no rebinding.
+        host_header = request.headers.get("Host")
+        host = urlsplit(f"//{host_header}").hostname if host_header is not None else None
+        allowed = (*_LOOPBACK, self.server.runtime.config.admin.bind[0])
+        if host is not None and host not in allowed:
             return web.json_response(
                 {"error": "the admin API answers loopback names only"}, status=403
             )
@@ -77,7 +83,7 @@ class AdminServer:
         if (
             request.method != "GET"
             and origin is not None
-            and urlsplit(origin).netloc != (request.host)
+            and urlsplit(origin).netloc != host_header
         ):
             return web.json_response({"error": "cross-origin request refused"}, status=403)
         return await handler(request)
@@ -298,8 +304,8 @@ def _service(svc: Any, metrics: Any) -> dict[str, Any]:
                 "breaker": getattr(b.breaker, "state", None),
             }
         )
-    caps = getattr(svc, "caps", None)
-    outlier = getattr(svc, "outlier", None)
+    caps = service_part(svc, "caps")
+    outlier = service_part(svc, "outlier")
     return {
         "name": svc.name,
         "discovery": svc.config.discovery,
@@ -308,7 +314,7 @@ def _service(svc: Any, metrics: Any) -> dict[str, Any]:
         "fallback": svc.config.fallback,
         "in_flight": in_flight,
         "counts": counts,
-        "breaker": _breaker(getattr(svc, "breaker", None)),
+        "breaker": _breaker(service_part(svc, "breaker")),
         "caps": None if caps is None else {"overflows": dict(getattr(caps, "overflows", {}))},
         "outlier": None
         if outlier is None
@@ -323,14 +329,17 @@ def _service(svc: Any, metrics: Any) -> dict[str, Any]:
 def config_report(config: Any) -> dict[str, Any]:
     """The running config as plain JSON types. Tokens, passwords and URL credentials read
     "<redacted>": the loopback admin API needs no token, and any local user could read them."""
-    return _redact(dataclasses.asdict(config))
+    return redact(dataclasses.asdict(config))
 
 
-def _redact(value: Any, key: str = "") -> Any:
+def redact(value: Any, key: str = "") -> Any:
+    """Plain config data with secrets replaced. A comparison with the running config (`lb check
+    --diff`) passes its side through it too, so that secrets compare equal and only the
+    changes that can be shown are."""
     if isinstance(value, dict):
-        return {k: _redact(v, str(k)) for k, v in value.items()}
+        return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_redact(v) for v in value]
+        return [redact(v) for v in value]
     if isinstance(value, str):
         if key.lower() in _SECRET_KEYS:
             return REDACTED

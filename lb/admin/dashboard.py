@@ -45,7 +45,8 @@ main { padding: 20px 24px 40px; max-width: 1600px; margin: 0 auto; }
 .tile .v small { font-size: 13px; color: var(--muted); font-weight: 400; }
 h2 { font-size: 13px; text-transform: uppercase; letter-spacing: .8px; color: var(--muted);
   margin: 26px 0 10px; font-weight: 600; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 16px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(580px, 1fr)); gap: 16px;
+  align-items: start; }
 .card { background: var(--panel); border: 1px solid var(--line); border-radius: 12px;
   overflow: hidden; }
 .card.alert { border-color: #6e2727; }
@@ -59,17 +60,19 @@ h2 { font-size: 13px; text-transform: uppercase; letter-spacing: .8px; color: va
 .bar i { display: block; }
 table { width: 100%; border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th { text-align: left; color: var(--muted); font-weight: 500; font-size: 12px;
-  padding: 7px 10px; border-bottom: 1px solid var(--line); white-space: nowrap; }
-td { padding: 7px 10px; border-bottom: 1px solid #20262f; vertical-align: middle; }
+  padding: 7px 8px; border-bottom: 1px solid var(--line); white-space: nowrap; }
+td { padding: 7px 8px; border-bottom: 1px solid #20262f; vertical-align: middle; }
+th:first-child, td:first-child { padding-left: 16px; }
+th:last-child, td:last-child { padding-right: 16px; }
 tr:last-child td { border-bottom: 0; }
 td.num, th.num { text-align: right; }
-.name { font-family: var(--mono); font-size: 13px; }
+.name { font-family: var(--mono); font-size: 13px; white-space: nowrap; }
 .dot { width: 10px; height: 10px; border-radius: 50%; display: inline-block;
   margin-right: 8px; vertical-align: -1px; }
 .s-up { color: var(--green); } .s-draining { color: var(--amber); } .s-down { color: var(--red); }
 .bg-up { background: var(--green); } .bg-draining { background: var(--amber); }
 .bg-down { background: var(--red); }
-.reason { color: var(--muted); font-size: 12px; margin-left: 4px; }
+.reason { color: var(--muted); font-size: 11px; line-height: 1.3; max-width: 230px; }
 .err { color: var(--red); font-weight: 600; }
 .muted { color: var(--muted); }
 button { background: transparent; color: var(--muted); border: 1px solid var(--line);
@@ -104,8 +107,9 @@ button:hover { color: var(--text); border-color: var(--muted); }
 <script>
 "use strict";
 const POLL_MS = 1000;
-let prev = null;   // the previous status and its counters, for rates
-let rates = {};    // key -> {rps, err}
+const WINDOW_S = 5;  // rates are averaged over this many seconds of polls
+let history = [];    // [{time, counters}] of recent polls, oldest first
+let rates = {};      // key -> {rps, err}
 let last = null;
 
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g,
@@ -152,17 +156,20 @@ function computeRates(st) {
   }
   for (const r of st.routes) if (r.requests !== null) cur["r:" + r.name] = [r.requests, r.errors];
   for (const l of st.listeners) cur["l:" + l.name] = [l.accepted, 0];
-  if (prev && st.time > prev.time) {
-    const dt = st.time - prev.time;
+  // Compare with the oldest poll still inside the window: smoother than poll-to-poll.
+  while (history.length > 1 && st.time - history[1].time >= WINDOW_S) history.shift();
+  const base = history[0];
+  if (base && st.time > base.time) {
+    const dt = st.time - base.time;
     rates = {};
     for (const k in cur) {
-      const p = prev.counters[k];
+      const p = base.counters[k];
       if (!p) continue;
       const dr = Math.max(0, cur[k][0] - p[0]), de = Math.max(0, cur[k][1] - p[1]);
       rates[k] = {rps: dr / dt, err: dr > 0 ? Math.min(1, de / dr) : (de > 0 ? 1 : 0)};
     }
   }
-  prev = {time: st.time, counters: cur};
+  history.push({time: st.time, counters: cur});
 }
 const rate = (k) => rates[k] || {rps: null, err: null};
 
@@ -193,11 +200,12 @@ function renderService(s) {
     || (d && d.stale);
   const rows = s.backends.map((b) => {
     const br = rate("b:" + s.name + "/" + b.name);
-    const reason = b.reason ? `<span class="reason">${esc(b.reason)}</span>` : "";
+    const reason = b.reason && b.reason !== b.state
+      ? `<div class="reason">${esc(b.reason)}</div>` : "";
     const act = b.drained ? "undrain" : "drain";
     return `<tr data-backend="${esc(b.name)}" data-state="${esc(b.state)}">
       <td class="name"><span class="dot bg-${esc(b.state)}"></span>${esc(b.name)}</td>
-      <td><span class="s-${esc(b.state)}">${esc(b.state)}</span>${reason}</td>
+      <td><div class="s-${esc(b.state)}">${esc(b.state)}</div>${reason}</td>
       <td class="num">${b.weight}</td>
       <td class="num">${b.in_flight}</td>
       <td class="num">${fmtRate(br.rps)}</td>
@@ -222,7 +230,7 @@ function renderService(s) {
     </div>
     <table><thead><tr><th>backend</th><th>state</th><th class="num">weight</th>
       <th class="num">in flight</th><th class="num">req/s</th><th class="num">errors</th>
-      <th>breaker</th><th></th></tr></thead>
+      <th>breaker</th><th class="num"></th></tr></thead>
     <tbody>${rows || '<tr><td colspan="8" class="muted">no backends</td></tr>'}</tbody></table>
   </section>`;
 }

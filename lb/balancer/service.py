@@ -21,6 +21,11 @@ class Service:
         self.by_slot: list[Backend | None] = []
         self.panic = False
         self.gate: Any = None  # caps + service breaker (traffic control): enter(ex) / leave(ex)
+        # Traffic control's state, read by metrics and the admin API: the gate's caps and
+        # breaker (None without circuit_breaker), the outlier detector.
+        self.caps: Any = None
+        self.breaker: Any = None
+        self.outlier: Any = None
         self.discovery: Any = None  # the watch feeding this service, when not static
         self.fallback: Service | None = None
         self.on_change: list[Callable[[Service], None]] = []
@@ -60,7 +65,7 @@ class Service:
         b.removed = True
         b.close_idle()
         if b.checker is not None:
-            b.checker.stop()
+            b.checker.cancel()
             b.checker = None
         if self.picker.in_flight(b.slot) == 0:
             self._drop(b)
@@ -102,20 +107,34 @@ class Service:
     def pick(self, now: float, exclude: Backend | None = None) -> Backend | None:
         """Choose and take a backend (in-flight + 1); None when nothing can serve."""
         picker = self.picker
-        if exclude is not None and not exclude.removed and len(self.backends) > 1:
-            picker.set_eligible(exclude.slot, False, now, 0.0)
-            slot = picker.pick(now, self.panic)
-            picker.set_eligible(exclude.slot, exclude.eligible(now), now, 0.0)
-            if slot < 0:
+        while True:
+            if exclude is not None and not exclude.removed and len(self.backends) > 1:
+                picker.set_eligible(exclude.slot, False, now, 0.0)
                 slot = picker.pick(now, self.panic)
-        else:
-            slot = picker.pick(now, self.panic)
-        if slot < 0:
-            return None
+                picker.set_eligible(exclude.slot, exclude.eligible(now), now, 0.0)
+                if slot < 0:
+                    slot = picker.pick(now, self.panic)
+            else:
+                slot = picker.pick(now, self.panic)
+            if slot < 0:
+                return None
+            b = self.admit(slot, now)
+            if b is not None:
+                return b
+
+    def admit(self, slot: int, now: float) -> Backend | None:
+        """The backend in a slot the picker chose, unless its breaker refuses: one half-open
+        with all its probes out gets no more requests until one reports (the breaker then
+        refreshes it), so its slot is released and taken out of rotation; None then."""
         b = self.by_slot[slot]
         assert b is not None
-        b.selected += 1
-        return b
+        breaker = b.breaker
+        if breaker is None or breaker.state == "closed" or self.panic or breaker.allow(now):
+            b.selected += 1
+            return b
+        self.picker.release(slot)
+        self.picker.set_eligible(slot, False, now, 0.0)
+        return None
 
     def release(self, b: Backend) -> None:
         """Give the slot back; exactly once per pick, however the exchange ended."""

@@ -222,6 +222,10 @@ class UpstreamTls:
     sni: str | None = None
     verify: bool = True
 
+    def check(self, report: Report) -> None:
+        if self.ca is not None and not os.path.isfile(self.ca):
+            report("ca", f'file not found: "{self.ca}"')
+
 
 @dataclass
 class HealthCheck:

@@ -122,15 +122,25 @@ class ActiveChecker:
         ).encode("ascii")
 
     async def start(self) -> None:
+        self.spawn()
+
+    def spawn(self) -> None:
+        """`start` for callers outside a coroutine (config reloads, discovery callbacks)."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name=f"health {self.host}:{self.port}")
 
     async def stop(self) -> None:
+        task = self.cancel()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def cancel(self) -> asyncio.Task[None] | None:
+        """Stop probing without waiting (a backend leaving its service); the cancelled task."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return task
 
     async def _run(self) -> None:
         s = self.settings

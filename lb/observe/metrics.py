@@ -16,12 +16,16 @@ series with it (they end, as they would with a restart).
 
 Extension points for the traffic-control and discovery code, read at scrape time only:
 
-- `Service.breaker` / `Backend.breaker`: any object with `.state` ("closed" | "open" |
-  "half_open") and `.transitions` (dict[(from, to)] -> int), like `lb.traffic.breaker.Breaker`.
-- `Service.caps`: an object with `.overflows` (dict[cap] -> int) and the current counts as
-  attributes `connections`, `pending`, `requests`, `retries`, like `lb.traffic.breaker.Caps`.
-- `Service.outlier`: an object with `.ejections_total`, `.overflows` and `.ejected` (a dict of
-  the backends ejected now), like `lb.traffic.outlier.OutlierDetector`.
+- `Service.gate.breaker` (or `Service.breaker`) and `Backend.breaker`: any object with `.state`
+  ("closed" | "open" | "half_open") and `.transitions` (dict[(from, to)] -> int), like
+  `lb.traffic.breaker.Breaker`.
+- `Service.gate.caps` (or `Service.caps`): an object with `.overflows` (dict[cap] -> int) and the
+  current counts as attributes `connections`, `pending`, `requests`, `retries`, like
+  `lb.traffic.breaker.Caps`.
+- `Service.gate.outlier` (or `Service.outlier`): an object with `.ejections_total`, `.overflows`
+  and `.ejected` (a dict of the backends ejected now), like `lb.traffic.outlier.OutlierDetector`.
+- `Service.gate`: `.rejected` and `.fallbacks`, the requests its open breaker answered 503 or
+  sent to the fallback service (`lb.traffic.gates.ServiceGate`).
 - `Service.discovery`: an object with `.last_success` (Unix time or None), `.errors` (int) and
   `.stale` (bool), like a `lb.discovery.consul.ServiceWatch`.
 - `runtime.counters`: a generic registry, `dict[str, dict[tuple[str, ...], int]]`, for counters
@@ -205,6 +209,15 @@ class ServiceStats:
         self.retired = BackendStats("", OTHER)
 
 
+def service_part(svc: Any, name: str) -> Any:
+    """A service's traffic-control object (`breaker`, `caps`, `outlier`): held by its `gate`,
+    or by the service itself."""
+    part = getattr(svc, name, None)
+    if part is None:
+        part = getattr(getattr(svc, "gate", None), name, None)
+    return part
+
+
 def _backend_counters(b: Any) -> dict[tuple[str, ...], int]:
     out: dict[tuple[str, ...], int] = {("selected",): b.selected}
     breaker = b.breaker
@@ -376,7 +389,7 @@ class Exposition(Collector):
         self.loop = _loop_name()
 
     def collect(self) -> Iterator[Any]:
-        yield from self._process()
+        yield from self._identity()
         if not self.enabled():
             return
         m = self.metrics
@@ -390,7 +403,7 @@ class Exposition(Collector):
             yield from source()
 
     # -- lb itself and its config ------------------------------------------------------------------
-    def _process(self) -> Iterator[Any]:
+    def _identity(self) -> Iterator[Any]:
         server = self.server
         runtime = server.runtime
         info = InfoMetricFamily("lb_build", "lb version, picker implementation and event loop.")
@@ -525,7 +538,7 @@ class Exposition(Collector):
                     fams.emit(name, bs.label, view)
             if other.members or other.seen or other.failures:
                 fams.emit(name, OTHER, other)
-            svc_breaker = getattr(svc, "breaker", None)
+            svc_breaker = service_part(svc, "breaker")
             if svc_breaker is not None:
                 current = getattr(svc_breaker, "state", None)
                 for s in BREAKER_STATES:
@@ -595,9 +608,23 @@ class Exposition(Collector):
             "1 while the last discovery read failed and the last known good set is in use.",
             labels=["service"],
         )
+        rejected = CounterMetricFamily(
+            "lb_breaker_rejected",
+            "Requests answered 503 because the service's breaker was open.",
+            labels=["service"],
+        )
+        fallbacks = CounterMetricFamily(
+            "lb_breaker_fallbacks",
+            "Requests sent to the fallback service because the service's breaker was open.",
+            labels=["service"],
+        )
         for svc in runtime.services.values():
             name = svc.name
-            caps = getattr(svc, "caps", None)
+            gate = getattr(svc, "gate", None)
+            if gate is not None:
+                rejected.add_metric([name], getattr(gate, "rejected", 0))
+                fallbacks.add_metric([name], getattr(gate, "fallbacks", 0))
+            caps = service_part(svc, "caps")
             if caps is not None:
                 for cap, n in getattr(caps, "overflows", {}).items():
                     overflows.add_metric([name, cap], n)
@@ -605,7 +632,7 @@ class Exposition(Collector):
                     value = getattr(caps, cap, None)
                     if isinstance(value, int):
                         active.add_metric([name, cap], value)
-            outlier = getattr(svc, "outlier", None)
+            outlier = service_part(svc, "outlier")
             if outlier is not None:
                 ejections.add_metric([name], getattr(outlier, "ejections_total", 0))
                 ejected.add_metric([name], len(getattr(outlier, "ejected", ())))
@@ -618,6 +645,8 @@ class Exposition(Collector):
                 errors.add_metric([name], getattr(disc, "errors", 0))
                 stale.add_metric([name], 1 if getattr(disc, "stale", False) else 0)
         yield from (
+            rejected,
+            fallbacks,
             overflows,
             active,
             ejections,

@@ -116,9 +116,11 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(400)
 
     def eof_received(self) -> bool | None:
-        # A half-closed client may still be owed a response; keep writing until it is sent.
+        # A half-closed client may still be owed a response: keep writing until it is sent,
+        # then close (nothing more can arrive).
         if self.current is None and not self.queue:
             return None
+        self.closing = True
         return True
 
     def pause_writing(self) -> None:

@@ -205,11 +205,19 @@ class Exchange:
         service = self.service
         assert service is not None
         now = self.client.loop.time()
+        b = None
         if exclude is None:
+            # The common case inline; a backend whose breaker is not closed goes through
+            # Service.pick, which enforces half-open probe quotas.
             slot = service.picker.pick(now, service.panic)
-            b = service.by_slot[slot] if slot >= 0 else None
-            if b is not None:
-                b.selected += 1
+            if slot >= 0:
+                b = service.by_slot[slot]
+                if b is not None and (b.breaker is None or b.breaker.state == "closed"):
+                    b.selected += 1
+                else:
+                    # Picking again instead would skip this backend's round-robin turn for
+                    # good: a half-open backend would never get its probe.
+                    b = service.admit(slot, now) or service.pick(now)
         else:
             b = service.pick(now, exclude)
         if b is None:
@@ -446,9 +454,6 @@ class Exchange:
             return float(route.idle_timeout)
         return float(svc.config.timeouts.idle) if svc is not None else 60.0
 
-    def response_body_violation(self, conn: UpstreamConnection) -> None:
-        conn.abort()
-
     def response_complete(
         self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]
     ) -> None:
@@ -549,12 +554,14 @@ class Exchange:
         if b is not None:
             self.backend = None
             svc.release(b)
-            self.client.listener.runtime.record_failure(svc, b, kind)
         can_replay = self.replayable and (not self.body_sent or self.req_done)
         if reused and kind == "reset" and can_replay and self.method in IDEMPOTENT:
-            # A pooled connection the backend closed as we reused it: not the backend's fault.
+            # A pooled connection the backend closed as we reused it: not the backend's fault,
+            # so not counted against it either.
             self.dispatch()
             return
+        if b is not None:
+            self.client.listener.runtime.record_failure(svc, b, kind)
         retry = self.route.retry if self.route is not None else None
         if retry is not None and can_replay and retry.allows(self, kind):
             self._retry_later(kind)

@@ -19,11 +19,10 @@ from .timer import Deadline
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_headers",
-        "_reason",
-        "_trailers_from",
         "backend",
         "closed",
         "deadline",
+        "dirty",
         "exchange",
         "head_only",
         "idle_timeout",
@@ -50,6 +49,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False  # the request was HEAD: the response has no body whatever it says
         self.saw_bytes = False
         self.raw = False  # tunnelling: bytes go straight to the client
+        self.dirty = False  # the backend broke framing: close instead of pooling
         self.pending: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
         self.deadline = Deadline(loop, self._on_timeout)
@@ -143,7 +143,9 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         if ex is not None:
             if self.head_only:
-                ex.response_body_violation(self)
+                # A body after a HEAD response: drop it, and never reuse this connection.
+                self.reused = False
+                self.dirty = True
                 return
             ex.resp_bytes += len(body)
             self.pending.append(b"%x\r\n%b\r\n" % (len(body), body) if ex.chunked_out else body)
@@ -169,7 +171,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.head_only:
             # The parser still expects the body the headers announced; start afresh.
             self.parser = httptools.HttpResponseParser(self)
-        if self.closed or len(self.backend.idle) >= max_idle or self.backend.removed:
+        if self.closed or self.dirty or len(self.backend.idle) >= max_idle or self.backend.removed:
             self.close()
             return
         self.reused = True

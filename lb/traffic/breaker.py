@@ -68,16 +68,17 @@ class Breaker:
         self._open_for = settings.open_for  # the duration of the latest opening
         self._reopenings = 0  # openings since the last successful close
         buckets = max(1, math.ceil(settings.window))
-        self._width = settings.window / buckets
+        self._per_second = buckets / settings.window  # buckets per second: time -> tick
         self._totals = [0] * buckets
         self._fails = [0] * buckets
-        self._tick = 0  # bucket number (time / width) of the newest bucket
+        self._tick = 0  # bucket number (time x buckets per second) of the newest bucket
+        self._slot = 0  # its index in the ring
         self._total = 0
         self._failed = 0
         self._consecutive = 0
         self._probes = 0  # probes admitted and not yet recorded
         self._probe_successes = 0
-        self._probe_deadline = 0.0
+        self.probe_deadline = 0.0  # half-open: a probe not reported by then counts as failed
 
     @property
     def window_counts(self) -> tuple[int, int]:
@@ -88,29 +89,44 @@ class Breaker:
         state = self.state
         if state == CLOSED:
             return True
-        if state == OPEN:
-            if now < self.open_until:
-                return False
-            self._move(HALF_OPEN)
-            self._probes = 0
-            self._probe_successes = 0
-            self._probe_deadline = now + self._open_for
+        if state == OPEN and not self.half_open(now):
+            return False
         if self._probes < self.settings.half_open_requests:
             self._probes += 1
             return True
-        if now >= self._probe_deadline:
+        if now >= self.probe_deadline:
             # A probe never reported (its request was cancelled or is stuck): count it as a
             # failure rather than stay half-open, rejecting everything, forever.
             self._open(now)
         return False
 
+    def half_open(self, now: float) -> bool:
+        """Open -> half_open once `open_until` has passed, admitting no probe yet; True if it
+        moved. `allow` does this lazily; an owner that takes an open backend out of rotation
+        calls it from a timer, so the backend comes back to receive its probes."""
+        if self.state != OPEN or now < self.open_until:
+            return False
+        self._move(HALF_OPEN)
+        self._probes = 0
+        self._probe_successes = 0
+        self.probe_deadline = now + self._open_for
+        return True
+
     def record(self, ok: bool, now: float) -> None:
         state = self.state
         if state == CLOSED:
-            self._count(ok, now)
+            # The window count, inline: this runs once or twice for every proxied request.
+            tick = int(now * self._per_second)
+            if tick > self._tick:
+                self._advance(tick)
+            slot = self._slot
+            self._totals[slot] += 1
+            self._total += 1
             if ok:
                 self._consecutive = 0
                 return
+            self._fails[slot] += 1
+            self._failed += 1
             self._consecutive += 1
             s = self.settings
             if (s.consecutive_failures and self._consecutive >= s.consecutive_failures) or (
@@ -128,17 +144,6 @@ class Breaker:
                 self._close()
         # Open: outcomes of requests admitted before it opened say nothing new.
 
-    def _count(self, ok: bool, now: float) -> None:
-        tick = int(now / self._width)
-        if tick > self._tick:
-            self._advance(tick)
-        slot = self._tick % len(self._totals)
-        self._totals[slot] += 1
-        self._total += 1
-        if not ok:
-            self._fails[slot] += 1
-            self._failed += 1
-
     def _advance(self, tick: int) -> None:
         """Empty the buckets time has moved past; a gap as long as the window empties all."""
         totals, fails = self._totals, self._fails
@@ -150,6 +155,7 @@ class Breaker:
             totals[slot] = 0
             fails[slot] = 0
         self._tick = tick
+        self._slot = tick % n
 
     def _clear_window(self) -> None:
         for i in range(len(self._totals)):

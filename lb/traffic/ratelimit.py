@@ -158,6 +158,23 @@ class LocalLimiter:
         remaining = int((tolerance - (new_tat - now)) / interval + 1e-3)
         return Decision(True, self.limit, remaining, new_tat - now, 0.0)
 
+    def allow(self, key: Hashable, now: float) -> bool:
+        """`check(key, now).allowed` without building a Decision, for the request path's
+        common case: a known key, admitted. A rejected request consumes nothing, so the caller
+        may follow with `check` for the figures of its 429."""
+        tats = self._tats
+        tat = tats.get(key)
+        if tat is None:
+            return self.check(key, now).allowed  # newcomers: room to make, maybe overflow
+        if tat < now:
+            tat = now
+        new_tat = tat + self.interval
+        if new_tat - self.tolerance - now > self._slack:
+            return False
+        tats[key] = new_tat
+        tats.move_to_end(key)
+        return True
+
     def _room_for_newcomer(self, now: float) -> bool:
         """Drop recovered entries, oldest admission first; True if a new key fits.
 

@@ -61,6 +61,16 @@ return {1, remaining, new_tat - now, 0}
 _SCRIPT_SHA = hashlib.sha1(GCRA_SCRIPT.encode()).hexdigest()
 
 
+def client_for(url: str, timeout: float) -> Redis:
+    """A client for limiters: bounded waits and no command retries. redis-py retries failed
+    commands with backoff by default; a retry would only stretch the time a request waits on
+    a dead Redis, so the failure policy answers instead. Limiters of one process share one
+    client (one connection pool) per URL by passing it as `client`."""
+    return Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
+
+
 class RedisLimiter:
     """GCRA limiter whose state lives in Redis, with an explicit policy for Redis failures."""
 
@@ -76,6 +86,7 @@ class RedisLimiter:
         failure_policy: FailurePolicy = "local",
         local: LocalLimiter | None = None,
         retry_interval: float = 1.0,
+        client: Redis | None = None,
     ) -> None:
         if failure_policy not in ("local", "allow", "deny"):
             raise ValueError(f"failure_policy must be local, allow or deny: {failure_policy!r}")
@@ -91,14 +102,8 @@ class RedisLimiter:
         self._headers = PolicyHeaders(rate, period)
         self._allow = Decision(True, self.limit, self.limit, 0.0, 0.0)
         self._deny = Decision(False, self.limit, 0, 1.0, 1.0)
-        # redis-py retries failed commands with backoff by default; a retry would only stretch
-        # the time a request waits on a dead Redis, so the failure policy answers instead.
-        self._client = Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._owns_client = client is None
+        self._client = client_for(url, timeout) if client is None else client
         self.failures = 0  # Redis calls that failed (each one answered by the failure policy)
         self.degraded = False
         self.last_error = ""
@@ -140,4 +145,6 @@ class RedisLimiter:
         return self._headers.build(decision, policy_name)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        """Close the client, unless it was given (shared clients belong to their owner)."""
+        if self._owns_client:
+            await self._client.aclose()

@@ -1,0 +1,203 @@
+"""Per-service admission (`service.gate`: caps and the service breaker) and per-route retries
+(`route.retry`), as the exchange calls them.
+
+Caps, Envoy's cluster circuit breakers, approximated where lb has no connection queue:
+- requests: exchanges inside the gate (entered, not yet finished), exact;
+- retries: retries granted and not yet finished, exact;
+- pending: Envoy counts requests waiting for a pool connection. lb never queues: a request
+  without an idle connection opens one at once. Pending is therefore the requests inside the
+  gate that hold no busy connection (still connecting, or waiting out a retry backoff):
+  requests - (open - idle connections);
+- connections: the service's open backend connections (idle, busy, tunnels). A request is
+  refused when every one of them is busy and there are `max_connections` already, since it
+  would have to open one more.
+Over a cap: 503 with `x-lb-overloaded: true`, counted in `caps.overflows`.
+
+Pending and connections are sums over the service's backends, so they are computed only
+where a cap could be reached: pending never exceeds requests, so it is checked only once
+requests reach `max_pending`; open connections grow by at most one per admitted request or
+retry, so after each count the gate admits `max_connections - open` more before counting
+again. `caps.pending` and `caps.connections` hold the figures of the latest count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..config import model
+from .breaker import CLOSED, Breaker, BreakerSettings, Caps
+from .retry import CONNECT_FAILURE, RESET, STATUS, TIMEOUT, RetryBudget, RetryPolicy
+
+OVERLOADED = b"x-lb-overloaded: true\r\n"
+CIRCUIT_OPEN = b"x-lb-circuit-open: true\r\n"
+
+
+def breaker_settings(cfg: model.CircuitBreaker) -> BreakerSettings:
+    return BreakerSettings(
+        failure_ratio=cfg.failure_ratio,
+        min_requests=cfg.min_requests,
+        window=cfg.window,
+        consecutive_failures=cfg.consecutive_failures,
+        open_for=cfg.open_for,
+        max_open_for=cfg.max_open_for,
+        half_open_requests=cfg.half_open_requests,
+    )
+
+
+class ServiceGate:
+    """`service.gate`: the service breaker first (open: 503 fast, or the fallback service),
+    then the caps. `rejected` counts 503s of the open breaker, `fallbacks` the requests it
+    sent to the fallback service."""
+
+    def __init__(self, service: Any, cfg: model.CircuitBreaker, clock: Callable[[], float]):
+        self.service = service
+        self.clock = clock
+        self.caps = Caps()
+        self.breaker = Breaker(breaker_settings(cfg))
+        self.rejected = 0
+        self.fallbacks = 0
+        self._headroom = 0  # admissions left before connections must be counted again
+        self.configure(cfg)
+
+    def configure(self, cfg: model.CircuitBreaker) -> None:
+        """Apply a reload: new limits take effect at once, counts in flight stay; the breaker
+        starts afresh only if its own settings changed."""
+        caps = self.caps
+        caps.max_connections = cfg.max_connections
+        caps.max_pending = cfg.max_pending
+        caps.max_requests = cfg.max_requests
+        caps.max_retries = cfg.max_retries
+        self._headroom = 0
+        settings = breaker_settings(cfg)
+        if settings != self.breaker.settings:
+            self.breaker = Breaker(settings)
+
+    def enter(self, ex: Any) -> bool:
+        breaker = self.breaker
+        if breaker.state != CLOSED and not breaker.allow(self.clock()):
+            return self._open(ex)
+        caps = self.caps
+        n = caps.requests
+        if n >= caps.max_requests:
+            caps.overflows["requests"] += 1
+            ex.reply_error(503, extra=OVERLOADED)
+            return False
+        if (n >= caps.max_pending or self._headroom <= 0) and not self._pool_admits(n):
+            ex.reply_error(503, extra=OVERLOADED)
+            return False
+        self._headroom -= 1
+        caps.requests = n + 1
+        return True
+
+    def leave(self, ex: Any) -> None:
+        caps = self.caps
+        if caps.requests > 0:
+            caps.requests -= 1
+        retries = ex.retries
+        if retries:
+            # Every retry of an exchange inside a gate took one of its retry slots.
+            caps.retries = max(0, caps.retries - retries)
+
+    def take_retry(self) -> bool:
+        if not self.caps.try_acquire_retry():
+            return False
+        self._headroom -= 1
+        return True
+
+    def _pool_admits(self, requests: int) -> bool:
+        caps = self.caps
+        conns = idle = 0
+        for b in self.service.backends.values():
+            conns += b.open_conns
+            idle += len(b.idle)
+        busy = conns - idle
+        caps.connections = conns
+        caps.pending = max(0, requests - busy)
+        self._headroom = caps.max_connections - conns
+        if caps.pending >= caps.max_pending:
+            caps.overflows["pending"] += 1
+            return False
+        if busy >= caps.max_connections:
+            caps.overflows["connections"] += 1
+            return False
+        return True
+
+    def _open(self, ex: Any) -> bool:
+        fallback = self.service.fallback
+        if fallback is not None and fallback is not self.service:
+            self.fallbacks += 1
+            ex.service = fallback
+            self.caps.requests += 1  # leave() is called all the same
+            return True
+        self.rejected += 1
+        ex.reply_error(503, extra=CIRCUIT_OPEN)
+        return False
+
+
+# The exchange's failure kinds in the retry policy's vocabulary. A connect timeout never reached
+# the backend, like a refused connection; a protocol error means the backend may have acted.
+_RETRY_KINDS = {
+    "connect-failure": CONNECT_FAILURE,
+    "connect-timeout": CONNECT_FAILURE,
+    "reset": RESET,
+    "protocol": RESET,
+    "response-head": TIMEOUT,
+}
+
+
+class RouteRetry:
+    """`route.retry`: the route's policy, its retry budget and the service's retry cap.
+
+    The budget is Envoy's: concurrent retries at most `budget_percent` of the service's active
+    requests (in flight on its backends, this one included), but always `min_retry_concurrency`.
+    A granted retry holds its budget and cap slots until its exchange finishes (`release`).
+    """
+
+    def __init__(self, route: str, cfg: model.Retries, registry: dict[str, Any]) -> None:
+        self.route = route
+        self.cfg = cfg
+        self.policy = RetryPolicy(
+            attempts=cfg.attempts,
+            on=frozenset(cfg.on),
+            statuses=frozenset(cfg.statuses),
+            per_try_timeout=cfg.per_try_timeout,
+            # The policy needs a positive base; "backoff: 0" means as good as no wait.
+            backoff_base=max(cfg.backoff, 0.001),
+            backoff_max=max(cfg.max_backoff, cfg.backoff, 0.001),
+        )
+        self.per_try_timeout = cfg.per_try_timeout
+        self.budget = RetryBudget(cfg.budget_percent, cfg.min_retry_concurrency)
+        self._exhausted = registry["retry_budget_exhausted"]
+
+    def allows(self, ex: Any, kind: str) -> bool:
+        k = _RETRY_KINDS.get(kind)
+        return (
+            k is not None
+            and self.policy.should_retry(ex.method, k, None, ex.attempts, True)
+            and self._take(ex)
+        )
+
+    def allows_status(self, ex: Any, status: int) -> bool:
+        return self.policy.should_retry(ex.method, STATUS, status, ex.attempts, True) and (
+            self._take(ex)
+        )
+
+    def backoff(self, retries: int) -> float:
+        return self.policy.backoff(retries)
+
+    def release(self, retries: int) -> None:
+        for _ in range(retries):
+            self.budget.release()
+
+    def _take(self, ex: Any) -> bool:
+        svc = ex.service
+        active = 1 + sum(svc.in_flight(b) for b in svc.backends.values())
+        if not self.budget.try_acquire(active):
+            self._exhausted[(self.route,)] += 1
+            return False
+        gate = ex.gate
+        if gate is not None and not gate.take_retry():
+            self.budget.release()
+            return False
+        return True
