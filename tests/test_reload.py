@@ -142,3 +142,34 @@ async def test_removed_backend_drains_in_flight(tmp_path):
             assert (await c2.request()).body == f"ok {other[0].port}\n".encode()
             c.close()
             c2.close()
+
+
+async def test_lb_check_diff_against_running(tmp_path):
+    import subprocess
+    import sys
+
+    async with backends(2) as bes:
+        text = lb_yaml([bes[0].address], port=free_port(), admin_port=free_port())
+        async with running_lb(tmp_path, text) as lb:
+            new = tmp_path / "new.yaml"
+            new.write_text(
+                text.replace(
+                    f'"{bes[0].address}"', f'"{bes[0].address}"\n      - "{bes[1].address}"'
+                )
+                + "  - name: extra\n    match: {path: {prefix: /x}}\n    service: app\n"
+            )
+
+            def check(path):
+                return subprocess.run(
+                    [sys.executable, "-m", "lb", "check", "-c", str(path), "--diff"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+
+            r = await asyncio.to_thread(check, new)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert "+ route extra" in r.stdout
+            assert "~ service app: backends" in r.stdout
+            r = await asyncio.to_thread(check, lb.config_path)
+            assert "no changes against the running lb" in r.stdout

@@ -4,7 +4,6 @@ The running config comes from the admin API (`GET /api/config`), so the answer r
 what is live, including edits made since the file was last read.
 """
 
-import dataclasses
 import json
 import urllib.error
 import urllib.request
@@ -14,8 +13,11 @@ from .load import Loaded
 
 
 def as_plain(config: Any) -> dict[str, Any]:
-    """The config as JSON-able data: what the admin API serves and what --diff compares."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=list))
+    """The config as the admin API serves it (JSON types, secrets redacted), so both sides of
+    the comparison have the same shape."""
+    from ..admin.app import config_report
+
+    return json.loads(json.dumps(config_report(config), default=list))
 
 
 def diff(running: dict[str, Any], new: dict[str, Any]) -> list[str]:
