@@ -3,6 +3,7 @@
 Field types drive validation (see schema.py); `check()` holds rules spanning fields.
 """
 
+import difflib
 import ipaddress
 import os
 import re
@@ -94,6 +95,15 @@ class AccessLog:
     enabled: bool = True
     path: str | None = None  # None: stdout
     fields: list[str] | None = None  # None: all fields
+
+    def check(self, report: Report) -> None:
+        from ..observe.accesslog import FIELDS
+
+        for name in self.fields or ():
+            if name not in FIELDS:
+                hint = difflib.get_close_matches(name, FIELDS, n=1)
+                extra = f' (did you mean "{hint[0]}"?)' if hint else ""
+                report("fields", f'unknown access-log field "{name}"{extra}')
 
 
 @dataclass
