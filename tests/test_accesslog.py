@@ -81,10 +81,10 @@ async def test_file_sink_writes_every_field(tmp_path):
     assert refused["status"] == 400 and refused["failure"] == "refused"
 
 
-async def test_fields_select_and_order(tmp_path, caplog):
+async def test_fields_select_and_order(tmp_path):
     log = tmp_path / "access.log"
     port = free_port()
-    al = f"{{path: {log}, fields: [status, path, no_such_field, backend]}}"
+    al = f"{{path: {log}, fields: [status, path, backend]}}"
     async with (
         backends(1) as bes,
         running_lb(tmp_path, config(bes, port, free_port(), listener("web", port, al))),
@@ -95,7 +95,6 @@ async def test_fields_select_and_order(tmp_path, caplog):
         (line,) = await read_lines(log, 1)
     assert list(line) == ["status", "path", "backend"]
     assert line == {"status": 200, "path": "/api/a", "backend": bes[0].address}
-    assert "no_such_field" in caplog.text
 
 
 async def test_stdout_sink_and_per_listener_switch(tmp_path, capfd):

@@ -159,3 +159,15 @@ def test_lb_version():
     r = lb_cli("version")
     assert r.returncode == 0
     assert "event loop: uvloop" in r.stdout and "picker:" in r.stdout
+
+
+def test_access_log_fields_are_checked(tmp_path):
+    text = GOOD.replace(
+        '    bind: "127.0.0.1:8080"',
+        '    bind: "127.0.0.1:8080"\n    access_log: {fields: [status, methd]}',
+    )
+    out = problems(tmp_path, text)
+    assert out == [
+        f"{tmp_path}/lb.yaml:4:26: listeners[0].access_log.fields: unknown access-log "
+        'field "methd" (did you mean "method"?)'
+    ]

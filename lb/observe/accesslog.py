@@ -238,15 +238,7 @@ class AccessLog:
             used.add(al.path)
             fmt: Formatter = format_all
             if al.fields is not None:
-                unknown = [f for f in al.fields if f not in FIELDS]
-                if unknown:
-                    log.warning(
-                        "listener %s: unknown access log fields ignored: %s (known: %s)",
-                        cfg.name,
-                        ", ".join(unknown),
-                        ", ".join(FIELDS),
-                    )
-                fmt = Subset(f for f in al.fields if f in FIELDS)
+                fmt = Subset(al.fields)  # names were checked against FIELDS when loading
             by_listener[cfg.name] = (sink, fmt)
         self.by_listener = by_listener
         return [self.sinks.pop(p) for p in list(self.sinks) if p not in used]
