@@ -44,13 +44,43 @@ def extensions() -> list:
         return []
     from setuptools import Extension
 
+    # Both include ext/lb_atomic.h: the picker counts in shared memory, lb._shm claims rows.
+    common = {
+        "extra_compile_args": ["-O3"],
+        "include_dirs": ["ext"],
+        "depends": ["ext/lb_atomic.h"],
+    }
     exts = [
-        Extension("lb._picker", ["ext/picker.pyx"], extra_compile_args=["-O3"]),
+        Extension("lb._picker", ["ext/picker.pyx"], **common),
+        Extension("lb._shm", ["ext/shm.pyx"], **common),
     ]
     try:
-        return cythonize(exts, language_level=3, quiet=True)
+        return cythonize(exts, language_level=3, quiet=True) + data_path(cythonize, Extension)
     except Exception as exc:
         print(f"WARNING: cythonize failed ({exc}); using the pure-Python picker.", file=sys.stderr)
+        return []
+
+
+# The data path: these lb/proxy/*.py files compile, with the .pxd files beside them, into
+# typed extension types; uncompiled, the same files are the pure-Python twin.
+DATA_PATH = ("timer", "headers", "upstream", "exchange", "downstream")
+
+
+def data_path(cythonize, Extension) -> list:  # type: ignore[no-untyped-def]
+    exts = [
+        Extension(f"lb.proxy.{m}", [f"lb/proxy/{m}.py"], extra_compile_args=["-O3"])
+        for m in DATA_PATH
+    ]
+    try:
+        return cythonize(
+            exts,
+            language_level=3,
+            quiet=True,
+            build_dir="build/cython",  # keep the generated .c out of lb/proxy
+            compiler_directives={"annotation_typing": False},  # the .pxd files say the types
+        )
+    except Exception as exc:
+        print(f"WARNING: data path not compiled ({exc}); it stays Python.", file=sys.stderr)
         return []
 
 

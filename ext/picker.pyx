@@ -43,6 +43,18 @@ Large pools: weighted power of two choices
     near 64 slots; from 64 to 128 the scan costs up to ~90 ns more but stays exact and well within
     the 300 ns budget, which is worth it for small pools, where each backend carries a large share
     and sampling noise would be most visible.
+
+Shared counts (worker processes)
+    ``attach(slot, buffer, total_index, own_index)`` makes the slot's choices read a counter
+    in a shared buffer (``lb.shm``: one int64 cell per service and backend, counted by every
+    worker) instead of this picker's own count. From then on ``pick`` and ``release`` also add
+    to that cell with atomic instructions and mirror this picker's own count into the
+    worker's column cell (``own_index``, read by the supervisor to undo a crashed worker's
+    counts). ``in_flight`` stays this picker's own count, which is what a service needs to know
+    when a retired backend's last request is done; ``total_in_flight`` reads the shared one.
+    Unattached slots, and every slot while none is attached, take the private-array path of
+    before, at the same speed. The round-robin tie-break state stays per picker: ties are
+    broken per worker, the counts compared are global.
 """
 
 from libc.math cimport floor
@@ -52,6 +64,11 @@ from libc.string cimport memset
 
 import heapq
 from operator import index as _index
+
+cdef extern from "lb_atomic.h":
+    int64_t lb_load(int64_t *p) noexcept nogil
+    void lb_store(int64_t *p, int64_t v) noexcept nogil
+    int64_t lb_add(int64_t *p, int64_t delta) noexcept nogil
 
 cdef extern from *:
     """
@@ -123,10 +140,15 @@ cdef class Picker:
     cdef Py_ssize_t *_ramp_slots
     cdef Py_ssize_t *_ties
     cdef int64_t *_tree
+    cdef int64_t **_total_ptr  # shared cell counted by all workers; NULL: not attached
+    cdef int64_t **_own_ptr  # this worker's column cell of the same row
+    cdef Py_ssize_t _attached
+    cdef dict _views  # slot -> buffer view held while its pointers are in use
 
     def __cinit__(self, *args, **kwargs):
         self._cap = 0
         self._free = []
+        self._views = {}
 
     def __init__(self, object seed=1) -> None:
         self._rng = _index(seed) & 0xFFFFFFFFFFFFFFFF
@@ -148,6 +170,8 @@ cdef class Picker:
         free(self._ramp_slots)
         free(self._ties)
         free(self._tree)
+        free(self._total_ptr)
+        free(self._own_ptr)
 
     cdef int _grow(self, Py_ssize_t cap) except -1:
         # cap stays a power of two so the Fenwick descent needs no bounds check.
@@ -167,6 +191,8 @@ cdef class Picker:
         self._ramp_slots = <Py_ssize_t *>_resize(self._ramp_slots, n * sizeof(Py_ssize_t))
         self._ties = <Py_ssize_t *>_resize(self._ties, n * sizeof(Py_ssize_t))
         self._tree = <int64_t *>_resize(self._tree, (n + 1) * sizeof(int64_t))
+        self._total_ptr = <int64_t **>_resize(self._total_ptr, n * sizeof(int64_t *))
+        self._own_ptr = <int64_t **>_resize(self._own_ptr, n * sizeof(int64_t *))
         for i in range(old, cap):
             self._alive[i] = 0
             self._elig[i] = 0
@@ -179,6 +205,8 @@ cdef class Picker:
             self._ss_start[i] = 0.0
             self._ss_window[i] = 0.0
             self._ramp_pos[i] = -1
+            self._total_ptr[i] = NULL
+            self._own_ptr[i] = NULL
         memset(self._tree, 0, (n + 1) * sizeof(int64_t))
         for i in range(1, cap + 1):
             self._tree[i] += self._eff[i - 1]
@@ -255,11 +283,18 @@ cdef class Picker:
         cdef int64_t *flights = self._in_flight
         cdef int64_t *current = self._current
         cdef Py_ssize_t *tied = self._ties
+        cdef int64_t **totals = self._total_ptr
+        cdef int64_t *shared
+        cdef bint attached = self._attached != 0  # loop-invariant: the compiler unswitches
         for i in range(self._high):
             eff = effs[i]
             if eff <= 0:
                 continue
             flight = flights[i]
+            if attached:
+                shared = totals[i]
+                if shared != NULL:
+                    flight = lb_load(shared)
             if ties:
                 lhs = flight * best_eff
                 rhs = best_flight * eff
@@ -317,9 +352,30 @@ cdef class Picker:
             return self._scan(panic)
         if second < 0:
             return first
-        if self._in_flight[second] * self._eff[first] < self._in_flight[first] * self._eff[second]:
+        if self._flight(second) * self._eff[first] < self._flight(first) * self._eff[second]:
             return second
         return first
+
+    cdef inline int64_t _flight(self, Py_ssize_t slot) noexcept:
+        """The count choices compare: the shared one when attached, else this picker's."""
+        cdef int64_t *shared
+        if self._attached:
+            shared = self._total_ptr[slot]
+            if shared != NULL:
+                return lb_load(shared)
+        return self._in_flight[slot]
+
+    cdef void _detach(self, Py_ssize_t slot) noexcept:
+        # Withdraw this picker's own requests from the shared count; other workers' stay.
+        cdef int64_t *shared = self._total_ptr[slot]
+        if shared == NULL:
+            return
+        lb_add(shared, -self._in_flight[slot])
+        lb_store(self._own_ptr[slot], 0)
+        self._total_ptr[slot] = NULL
+        self._own_ptr[slot] = NULL
+        self._attached -= 1
+        del self._views[slot]
 
     cdef int64_t _check_weight(self, object weight) except -1:
         cdef object value = _index(weight)
@@ -355,6 +411,7 @@ cdef class Picker:
     def remove(self, Py_ssize_t slot) -> None:
         """Free ``slot``; the caller has released all of its requests."""
         self._check(slot)
+        self._detach(slot)
         self._ramp_off(slot)
         if self._elig[slot] and self._weight[slot] > 0:
             self._eligible -= 1
@@ -411,6 +468,9 @@ cdef class Picker:
             slot = self._scan(panic)
         if slot >= 0:
             self._in_flight[slot] += 1
+            if self._attached and self._total_ptr[slot] != NULL:
+                lb_add(self._total_ptr[slot], 1)
+                lb_store(self._own_ptr[slot], self._in_flight[slot])
         return slot
 
     def release(self, Py_ssize_t slot) -> int:
@@ -418,11 +478,42 @@ cdef class Picker:
         self._check(slot)
         if self._in_flight[slot] > 0:
             self._in_flight[slot] -= 1
+            if self._attached and self._total_ptr[slot] != NULL:
+                lb_add(self._total_ptr[slot], -1)
+                lb_store(self._own_ptr[slot], self._in_flight[slot])
         return self._in_flight[slot]
 
     def in_flight(self, Py_ssize_t slot) -> int:
+        """This picker's own requests on the slot."""
         self._check(slot)
         return self._in_flight[slot]
+
+    def total_in_flight(self, Py_ssize_t slot) -> int:
+        """The count choices compare: every worker's when attached, else ``in_flight``."""
+        self._check(slot)
+        return self._flight(slot)
+
+    def attach(
+        self, Py_ssize_t slot, object buffer, Py_ssize_t total_index, Py_ssize_t own_index
+    ) -> None:
+        """Compare the slot by the int64 word ``total_index`` of the writable ``buffer``
+        (counted by every process attached to it) and mirror this picker's own count into
+        word ``own_index``; this picker's requests already on the slot join the shared count.
+        ``remove`` withdraws them again and detaches."""
+        self._check(slot)
+        cdef unsigned char[::1] raw = buffer
+        cdef Py_ssize_t words = raw.shape[0] // 8
+        if not (0 <= total_index < words and 0 <= own_index < words):
+            raise IndexError(f"words {total_index}, {own_index} outside 0..{words - 1}")
+        if (<size_t>&raw[0]) % 8:
+            raise ValueError("shared counters need an 8-byte aligned buffer")
+        self._detach(slot)
+        self._views[slot] = raw
+        self._total_ptr[slot] = <int64_t *>&raw[0] + total_index
+        self._own_ptr[slot] = <int64_t *>&raw[0] + own_index
+        self._attached += 1
+        lb_add(self._total_ptr[slot], self._in_flight[slot])
+        lb_store(self._own_ptr[slot], self._in_flight[slot])
 
     def effective_weight(self, Py_ssize_t slot, double now) -> float:
         """``weight * slow-start factor`` at ``now``, without changing any state."""

@@ -4,6 +4,8 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from . import __version__
 from .config import ConfigError, load
@@ -23,6 +25,9 @@ def cmd_version(_: argparse.Namespace) -> int:
     print(f"lb {__version__}")
     print(f"event loop: {_loop_name()}")
     print(f"picker: {IMPLEMENTATION}")
+    from .proxy import implementation
+
+    print(f"data path: {implementation()}")
     return 0
 
 
@@ -55,6 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for p in exc.problems:
             print(p, file=sys.stderr)
         return 1
+    if args.worker is not None:
+        from .workers import run_worker
+
+        return run_worker(args, loaded)
     if args.workers not in (None, "1", 1):
         from .workers import supervise
 
@@ -69,13 +78,18 @@ def run_server(config_path: str, loaded: object, reuse_port: bool = False) -> in
         server = Server(config_path, loaded, reuse_port=reuse_port)  # type: ignore[arg-type]
         await server.serve()
 
+    return run_loop(main)
+
+
+def run_loop(main: Callable[[], Coroutine[Any, Any, Any]]) -> int:
+    """Run `main()` on uvloop when installed, else asyncio; its result (or 0) is the exit code."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main())
+        result = asyncio.run(main())
     else:
-        uvloop.run(main())
-    return 0
+        result = uvloop.run(main())
+    return int(result or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="serve traffic")
     run.add_argument("-c", "--config", required=True, help="YAML file or directory")
     run.add_argument("--workers", default=None, help="worker processes (N or auto)")
+    # Set by the supervisor on the command lines of its workers (lb.workers), not by people.
+    run.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--shm", default=None, help=argparse.SUPPRESS)
+    run.add_argument("--control-fd", type=int, default=None, help=argparse.SUPPRESS)
+    run.add_argument("--lifeline-fd", type=int, default=None, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a config")
     check.add_argument("-c", "--config", required=True)

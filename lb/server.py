@@ -9,10 +9,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .admin.app import AdminServer
 from .config import ConfigError, Loaded, load
 from .config.watch import ConfigWatcher
+from .discovery.manager import install as install_discovery
+from .observe import install as install_observability
 from .proxy.tls import TlsSwitch
 from .runtime import ListenerRuntime, Runtime
+from .traffic.control import install as install_traffic_control
 
 log = logging.getLogger("lb")
 
@@ -48,24 +52,18 @@ class Server:
         self.extensions: list[Any] = [ConfigWatcher(self, interval=watch_interval)]
 
     async def start(self) -> None:
-        self._install_signals()  # before the ports open: a signal then is never lost
-        from .traffic.control import install as install_traffic_control
-
-        install_traffic_control(self)  # before the ports open: no request skips a limit
-        for cfg in self.runtime.config.listeners:
-            await self._bind(cfg)
-        from .admin.app import AdminServer
-
+        """Everything is ready before the listeners open: the first request accepted is
+        limited, observed and routed like any other, and a signal then is never lost."""
+        self._install_signals()
+        install_traffic_control(self)
         self.admin = (self.admin_factory or AdminServer)(self)
-        from .observe import install as install_observability
-
         install_observability(self)
-        from .discovery.manager import install as install_discovery
-
         install_discovery(self)
         await self.admin.start()
         for ext in self.extensions:
             await ext.start()
+        for cfg in self.runtime.config.listeners:
+            await self._bind(cfg)
 
     async def _bind(self, cfg: Any) -> None:
         lr = ListenerRuntime(self.runtime, cfg, self.loop)

@@ -31,11 +31,25 @@ def requests(draw):
         if op == "flip" and data:
             data[pos] = draw(st.integers(0, 255))
         elif op == "insert":
-            data[pos:pos] = draw(st.sampled_from(
-                [b"\r\n", b"\n", b" ", b":", b"\x00", b"chunked", b"Content-Length: 3\r\n",
-                 b"Transfer-Encoding: chunked\r\n", b"ffffffff", b"\t", b"\r"]))
+            data[pos:pos] = draw(
+                st.sampled_from(
+                    [
+                        b"\r\n",
+                        b"\n",
+                        b" ",
+                        b":",
+                        b"\x00",
+                        b"chunked",
+                        b"Content-Length: 3\r\n",
+                        b"Transfer-Encoding: chunked\r\n",
+                        b"ffffffff",
+                        b"\t",
+                        b"\r",
+                    ]
+                )
+            )
         elif op == "delete" and data:
-            del data[pos:pos + draw(st.integers(1, 8))]
+            del data[pos : pos + draw(st.integers(1, 8))]
         elif op == "dup":
             data += data[pos:]
     return bytes(data)
@@ -67,9 +81,18 @@ class LoopThread:
     async def _main(self) -> None:
         self.stop = asyncio.Event()
         self.loop = asyncio.get_running_loop()
-        async with backends(1) as bes, running_lb(self.tmp_path, lb_yaml(
-                [bes[0].address], port=self.port, admin_port=free_port(),
-                extra_listener="    timeouts: {client_head: 1s, client_body_idle: 1s}\n")):
+        async with (
+            backends(1) as bes,
+            running_lb(
+                self.tmp_path,
+                lb_yaml(
+                    [bes[0].address],
+                    port=self.port,
+                    admin_port=free_port(),
+                    extra_listener="    timeouts: {client_head: 1s, client_body_idle: 1s}\n",
+                ),
+            ),
+        ):
             self.ready.set()
             await self.stop.wait()
 
@@ -87,9 +110,11 @@ class LoopThread:
 def test_fuzz_never_crashes_or_hangs(tmp_path):
     with LoopThread(tmp_path) as lb:
 
-        @settings(max_examples=150, deadline=None,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                         HealthCheck.too_slow])
+        @settings(
+            max_examples=150,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )
         @given(requests())
         def check(data: bytes) -> None:
             out = send(lb.port, data)

@@ -1,11 +1,14 @@
 """The compiled picker and its pure-Python twin make identical choices.
 
 Random sequences of every operation are applied to both, below and above the power-of-two-choices
-threshold, and every result is compared.
+threshold, and every result is compared. Slots may be attached to shared counters (each picker has
+its own copy of the shared buffer, and "other workers" change both copies alike), and the copies
+must stay byte for byte equal.
 """
 
 from __future__ import annotations
 
+import mmap
 import random
 from typing import Any
 
@@ -31,6 +34,7 @@ except ImportError:
     )
 
 MAX_POOL = picker_py.P2C_THRESHOLD * 3
+SHARED_ROWS = 8  # rows of [total, own] words in each picker's stand-in for the shared segment
 
 weights = st.one_of(st.integers(0, 6), st.just(picker_py.MAX_WEIGHT))
 windows = st.sampled_from([0.0, 0.5, 3.0, 20.0])
@@ -44,6 +48,9 @@ class PickerPair(RuleBasedStateMachine):
         self.now = 0.0
         self.slots: list[int] = []
         self.held: list[int] = []  # one entry per request picked and not yet released
+        self.twin_buf = mmap.mmap(-1, SHARED_ROWS * 16)
+        self.ext_buf = mmap.mmap(-1, SHARED_ROWS * 16)
+        self.others = [0] * SHARED_ROWS  # requests "other workers" hold on each row
 
     def both(self, method: str, *args: Any) -> Any:
         expected = getattr(self.twin, method)(*args)
@@ -131,10 +138,27 @@ class PickerPair(RuleBasedStateMachine):
         # Releasing more than was picked must clamp at 0 in both.
         self.both("release", data.draw(st.sampled_from(self.slots)))
 
+    @precondition(lambda self: self.slots)
+    @rule(data=st.data(), row=st.integers(0, SHARED_ROWS - 1))
+    def attach(self, data: st.DataObject, row: int) -> None:
+        slot = data.draw(st.sampled_from(self.slots))
+        self.twin.attach(slot, self.twin_buf, 2 * row, 2 * row + 1)
+        self.ext.attach(slot, self.ext_buf, 2 * row, 2 * row + 1)
+
+    @rule(row=st.integers(0, SHARED_ROWS - 1), data=st.data())
+    def other_workers(self, row: int, data: st.DataObject) -> None:
+        delta = data.draw(st.integers(-self.others[row], 40))
+        self.others[row] += delta
+        for buf in (self.twin_buf, self.ext_buf):
+            view = memoryview(buf).cast("q")
+            view[2 * row] += delta
+            view.release()
+
     @rule()
     def compare_every_slot(self) -> None:
         for slot in self.slots:
             self.both("in_flight", slot)
+            self.both("total_in_flight", slot)
             self.both("effective_weight", slot, self.now)
 
     @invariant()
@@ -142,6 +166,7 @@ class PickerPair(RuleBasedStateMachine):
         if self.twin is not None:
             self.both("__len__")
             self.both("eligible_count")
+            assert self.twin_buf[:] == self.ext_buf[:]
 
 
 PickerPair.TestCase.settings = settings(

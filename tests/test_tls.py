@@ -94,8 +94,9 @@ async def test_minimum_version_refuses_older_clients(tmp_path, ca):
         cfg = config(port, free_port(), free_port(), bes[0].address, [a], min_version="1.3")
         async with running_lb(tmp_path, cfg):
             with pytest.raises((ssl.SSLError, ConnectionError)):
-                await tls_get(port, client_ctx(ca, max_version=ssl.TLSVersion.TLSv1_2),
-                              "a.example.com")
+                await tls_get(
+                    port, client_ctx(ca, max_version=ssl.TLSVersion.TLSv1_2), "a.example.com"
+                )
             resp, _, _ = await tls_get(port, client_ctx(ca), "a.example.com")
             assert resp.status == 200
 

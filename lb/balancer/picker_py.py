@@ -35,6 +35,12 @@ Large pools: weighted power of two choices
 
     The threshold is the compiled picker's (see its docstring for the measurements behind it);
     the twin uses the same value so both make the same choices.
+
+Shared counts (worker processes)
+    ``attach(slot, buffer, total_index, own_index)`` works as in the compiled picker (see its
+    docstring) but through a ``memoryview`` cast to int64, with plain reads and writes: atomic
+    enough for one process under the GIL, not across processes. The twin is for machines
+    without a C compiler, and ``lb run --workers N`` refuses to start with it.
 """
 
 from __future__ import annotations
@@ -97,6 +103,8 @@ class Picker:
         self._ramp_pos: list[int] = []  # index in _ramp_slots, -1 when not ramping
         self._ramp_slots: list[int] = []
         self._tree: list[int] = [0]  # Fenwick tree of _eff, 1-based
+        # slot -> (int64 view of a shared buffer, total word, own word); see attach().
+        self._shared: dict[int, tuple[memoryview, int, int]] = {}
         self._grow(_INITIAL_CAPACITY)
 
     def _grow(self, cap: int) -> None:
@@ -173,15 +181,25 @@ class Picker:
             elif permille != self._permille[slot]:
                 self._set_permille(slot, permille)
 
+    def _flights(self) -> array[int] | list[int]:
+        """The counts choices compare: the shared ones of attached slots, else the own ones."""
+        if not self._shared:
+            return self._in_flight
+        flights = self._in_flight.tolist()
+        for slot, (view, total, _) in self._shared.items():
+            flights[slot] = view[total]
+        return flights
+
     def _scan(self, panic: bool) -> int:
         """Exact choice: lowest in_flight/eff, ties by smooth weighted round robin."""
         tied: list[int] = []
         best_flight = best_eff = 0
+        flights = self._flights()
         for slot in range(self._high):
             eff = self._eff[slot]
             if eff <= 0 or not (panic or self._elig[slot]):
                 continue
-            flight = self._in_flight[slot]
+            flight = flights[slot]
             if tied:
                 lhs = flight * best_eff
                 rhs = best_flight * eff
@@ -247,7 +265,7 @@ class Picker:
             return self._scan(panic)
         if second < 0:
             return first
-        flights, effs = self._in_flight, self._eff
+        flights, effs = self._flights(), self._eff
         if flights[second] * effs[first] < flights[first] * effs[second]:
             return second
         return first
@@ -279,6 +297,7 @@ class Picker:
     def remove(self, slot: int) -> None:
         """Free ``slot``; the caller has released all of its requests."""
         slot = self._check(slot)
+        self._detach(slot)
         self._ramp_off(slot)
         if self._elig[slot] and self._weight[slot] > 0:
             self._eligible -= 1
@@ -329,6 +348,7 @@ class Picker:
         slot = self._p2c(panic) if self._live > P2C_THRESHOLD else self._scan(panic)
         if slot >= 0:
             self._in_flight[slot] += 1
+            self._count_shared(slot, 1)
         return slot
 
     def release(self, slot: int) -> int:
@@ -336,10 +356,44 @@ class Picker:
         slot = self._check(slot)
         if self._in_flight[slot] > 0:
             self._in_flight[slot] -= 1
+            self._count_shared(slot, -1)
         return self._in_flight[slot]
 
     def in_flight(self, slot: int) -> int:
+        """This picker's own requests on the slot."""
         return self._in_flight[self._check(slot)]
+
+    def total_in_flight(self, slot: int) -> int:
+        """The count choices compare: every worker's when attached, else ``in_flight``."""
+        slot = self._check(slot)
+        shared = self._shared.get(slot)
+        return self._in_flight[slot] if shared is None else shared[0][shared[1]]
+
+    def attach(self, slot: int, buffer: object, total_index: int, own_index: int) -> None:
+        """Compare the slot by int64 word ``total_index`` of ``buffer``; see the docstring."""
+        slot = self._check(slot)
+        view = memoryview(buffer).cast("B").cast("q")  # type: ignore[arg-type]
+        words = len(view)
+        if not (0 <= total_index < words and 0 <= own_index < words):
+            raise IndexError(f"words {total_index}, {own_index} outside 0..{words - 1}")
+        self._detach(slot)
+        self._shared[slot] = (view, total_index, own_index)
+        self._count_shared(slot, self._in_flight[slot])
+
+    def _count_shared(self, slot: int, delta: int) -> None:
+        shared = self._shared.get(slot)
+        if shared is not None:
+            view, total, own = shared
+            view[total] += delta
+            view[own] = self._in_flight[slot]
+
+    def _detach(self, slot: int) -> None:
+        # Withdraw this picker's own requests from the shared count; other workers' stay.
+        shared = self._shared.pop(slot, None)
+        if shared is not None:
+            view, total, own = shared
+            view[total] -= self._in_flight[slot]
+            view[own] = 0
 
     def effective_weight(self, slot: int, now: float) -> float:
         """``weight * slow-start factor`` at ``now``, without changing any state."""

@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..config import model
+from ..shm import attach_backend
 from .backend import Backend
 from .picker import Picker
 
@@ -44,6 +45,7 @@ class Service:
             b = self.backends.get(addr)
             if b is None:
                 slot = self.picker.add(weight, now, self.config.slow_start)
+                attach_backend(self.picker, slot, self.name, addr)  # no-op unless --workers
                 b = Backend(self, addr[0], addr[1], weight, slot)
                 self.backends[addr] = b
                 if slot >= len(self.by_slot):

@@ -28,9 +28,8 @@ class _Refuse(Exception):
         self.status = status
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
     __slots__ = (
-        "_body_limit_hit",
         "_head_bytes",
         "_headers",
         "_paused",

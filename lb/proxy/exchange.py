@@ -5,16 +5,21 @@ gone) and the upstream connection (response head, body, end, errors, timeouts). 
 ends in `_finish`, which runs exactly once and gives the picker slot back.
 """
 
+from __future__ import annotations
+
 import asyncio
 from math import inf
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..balancer.backend import Backend
 from ..balancer.service import Service
 from ..routing.route import Route
 from . import responses
+from . import upstream as _upstream  # a module import: compiled, upstream cimports Exchange
 from .headers import RequestInfo, analyze_response, join_headers
-from .upstream import UpstreamConnection, connect, take_idle
+
+if TYPE_CHECKING:
+    from .upstream import UpstreamConnection
 
 REPLAY_LIMIT = 64 * 1024  # request bytes kept for a retry; beyond this, no retry
 BUFFER_LIMIT = 256 * 1024  # body bytes held while connecting before the client is paused
@@ -232,7 +237,7 @@ class Exchange:
         self.last_backend = b
         self.attempts += 1
         self.upstream_name = b.name
-        conn = take_idle(b)
+        conn = _upstream.take_idle(b)
         if conn is not None:
             self._send(conn)
         else:
@@ -244,7 +249,7 @@ class Exchange:
         loop = self.client.loop
         try:
             conn = await asyncio.wait_for(
-                connect(
+                _upstream.connect(
                     b,
                     loop,
                     svc.config.pool.idle_timeout,
@@ -351,7 +356,7 @@ class Exchange:
         self.body_buf.append(framed)
         if self.replayable and self.body_bytes > REPLAY_LIMIT:
             self.replayable = False
-        if sum(len(c) for c in self.body_buf) > BUFFER_LIMIT:
+        if sum(map(len, self.body_buf)) > BUFFER_LIMIT:
             self.client.pause_reading(4)
 
     def _keep_for_replay(self, framed: bytes) -> None:

@@ -16,7 +16,7 @@ from ..balancer.backend import Backend
 from .timer import Deadline
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
     __slots__ = (
         "_headers",
         "backend",
@@ -75,14 +75,14 @@ class UpstreamConnection(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
-        ex = self.exchange
-        if ex is None:
+        if self.exchange is None:
             # Bytes on an idle connection: the backend is confused; never reuse it.
             self.close()
             return
         if self.raw:
-            ex.to_client(data)
+            self.exchange.to_client(data)  # a Tunnel
             return
+        ex = self.exchange
         self.saw_bytes = True
         try:
             self.parser.feed_data(data)

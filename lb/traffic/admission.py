@@ -23,8 +23,9 @@ from typing import Any
 
 from ..config import model
 from ..proxy import responses
-from .ratelimit import Decision, LocalLimiter
+from .ratelimit import Decision
 from .ratelimit_redis import RedisLimiter
+from .shared_ratelimit import local_limiter  # shared by the workers of `lb run --workers N`
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Limit:
         self.local = (
             shared.local
             if shared is not None
-            else LocalLimiter(rate, period, cfg.burst, max_keys=cfg.max_keys)
+            else local_limiter(scope, name, rate, period, cfg.burst, max_keys=cfg.max_keys)
         )
         self.shared = shared
         self.allowed = 0

@@ -1,0 +1,169 @@
+"""Python-level cost of one proxied request: the real data-path classes, fake transports.
+
+No sockets and no syscalls: a client connection and one pooled upstream connection per
+backend are driven directly (request in, response in, write out), so what is timed is
+lb's own work per request: parsing callbacks, routing, picking, forwarding, accounting.
+
+    python bench/dataplane_bench.py            # compiled (if built) and pure, same run
+    python bench/dataplane_bench.py --one      # this process only, as imported
+    python bench/dataplane_bench.py --one --prof   # cProfile table (pure Python only)
+
+Run from the repository root. The pure-Python figure comes from a child process with
+LB_PURE_PYTHON=1, which imports the .py twins of the compiled data-path modules.
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CONFIG = """\
+listeners: [{name: bench, bind: "127.0.0.1:18090"}]
+admin: {bind: "127.0.0.1:19990"}
+metrics: {enabled: true}
+services:
+  app: {backends: ["127.0.0.1:19101", "127.0.0.1:19102"]}
+routes: [{name: all, match: {path: {prefix: /}}, service: app}]
+"""
+RESP = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 18:45:36 GMT\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 3\r\n"
+    b"Connection: keep-alive\r\n\r\nok\n"
+)
+REQ = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n"
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, key: str) -> tuple[str, int]:
+        return ("127.0.0.1", 5555)
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+async def measure(n: int, rounds: int, prof: bool) -> tuple[str, list[float]]:
+    import lb.proxy
+    from lb.config import load
+    from lb.proxy.upstream import UpstreamConnection
+    from lb.runtime import ListenerRuntime, Runtime
+
+    loop = asyncio.get_running_loop()
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(CONFIG)
+    try:
+        loaded = load(f.name)
+    finally:
+        os.unlink(f.name)
+    rt = Runtime(loaded, loop)
+    lr = ListenerRuntime(rt, loaded.config.listeners[0], loop)
+    ups = []
+    for b in rt.services["app"].backends.values():
+        u = UpstreamConnection(b, loop, 60.0)
+        u.connection_made(FakeTransport())
+        u.release(64)
+        ups.append(u)
+    client = lr.protocol()
+    ct = FakeTransport()
+    client.connection_made(ct)
+
+    def one() -> None:
+        client.data_received(REQ)
+        for u in ups:
+            if u.exchange is not None:
+                u.data_received(RESP)
+        if len(ct.out) != 1:
+            raise SystemExit(f"expected one response write, got {ct.out!r}")
+        ct.out.clear()
+
+    for _ in range(2000):
+        one()
+    if prof:
+        import cProfile
+        import pstats
+
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(n):
+            one()
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+    results = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(n):
+            one()
+        results.append((time.perf_counter() - t) / n * 1e6)
+    return lb.proxy.implementation(), results
+
+
+def run_one(n: int, rounds: int, prof: bool) -> None:
+    import uvloop
+
+    impl, results = uvloop.run(measure(n, rounds, prof))
+    print(f"{impl} {min(results):.2f} {statistics.median(results):.2f}")
+
+
+def child(pure: bool, n: int, rounds: int) -> tuple[str, float, float]:
+    env = dict(os.environ)
+    env.pop("LB_PURE_PYTHON", None)
+    if pure:
+        env["LB_PURE_PYTHON"] = "1"
+    cmd = [sys.executable, __file__, "--one", "-n", str(n), "--rounds", str(rounds)]
+    out = subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True)
+    impl, best, med = out.stdout.split()[-3:]
+    return impl, float(best), float(med)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--one", action="store_true", help="measure this process only")
+    ap.add_argument("--prof", action="store_true", help="print a cProfile table first")
+    ap.add_argument("-n", type=int, default=50_000, help="requests per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    if args.one:
+        run_one(args.n, args.rounds, args.prof)
+        return
+    # Interleaved, so drift on a shared machine hits both sides alike.
+    compiled: list[float] = []
+    pure: list[float] = []
+    impl = "python"
+    for _ in range(3):
+        impl, best, _ = child(False, args.n, args.rounds)
+        compiled.append(best)
+        pure.append(child(True, args.n, args.rounds)[1])
+    c, p = min(compiled), min(pure)
+    print(f"data path as imported ({impl}): {c:.2f} us/request (best of {len(compiled)} runs)")
+    print(f"pure Python (LB_PURE_PYTHON=1):   {p:.2f} us/request")
+    print(f"compiled saves {100 * (1 - c / p):.0f}% of the Python-level cost")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+# Augmenting declarations for downstream.py: compiled, ClientConnection is an extension type.
+cimport cython
+from lb.proxy.exchange cimport Exchange
+from lb.proxy.headers cimport analyze_request
+from lb.proxy.timer cimport Deadline
+
+
+@cython.final
+cdef class ClientConnection:
+    cdef public object listener
+    cdef public object loop
+    cdef public object transport
+    cdef public object parser
+    cdef public object peer_ip
+    cdef public Exchange current
+    cdef public object queue
+    cdef public Exchange _req
+    cdef public bytes _url
+    cdef public list _headers
+    cdef public list _trailers
+    cdef public Py_ssize_t _head_bytes
+    cdef public bint in_headers
+    cdef public long _paused
+    cdef public bint closing
+    cdef public object tunnel
+    cdef public Deadline deadline
+
+    @cython.locals(ex=Exchange, method=bytes, target=bytes, path=str, query=str, http10=bint)
+    cpdef on_headers_complete(self)
+    cpdef write(self, data)
+    cpdef pause_reading(self, long reason)
+    cpdef resume_reading(self, long reason)
+    cpdef exchange_done(self, Exchange ex, bint close)
+    cpdef _close_after_write(self)
+
+
+cpdef str _route_host(raw)

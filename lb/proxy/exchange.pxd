@@ -1,0 +1,70 @@
+# Augmenting declarations for exchange.py: compiled, Exchange is an extension type.
+cimport cython
+
+from lb.proxy.downstream cimport ClientConnection
+from lb.proxy.headers cimport RequestInfo, analyze_response, join_headers
+from lb.proxy.upstream cimport UpstreamConnection
+
+
+@cython.final
+@cython.freelist(64)
+cdef class Exchange:
+    cdef public ClientConnection client
+    cdef public bytes method
+    cdef public bytes target
+    cdef public str path
+    cdef public str query
+    cdef public RequestInfo info
+    cdef public bint http10
+    cdef public bint keep_alive
+    cdef public object route
+    cdef public double t0
+    cdef public double t_upstream
+    cdef public object service
+    cdef public object backend
+    cdef public UpstreamConnection upstream
+    cdef public object upstream_name
+    cdef public bytes head
+    cdef public list body_buf
+    cdef public Py_ssize_t body_bytes
+    cdef public bint body_sent
+    cdef public bint replayable
+    cdef public bint req_done
+    cdef public bint started
+    cdef public bint response_started
+    cdef public bint response_done
+    cdef public bint resp_chunked
+    cdef public bint chunked_out
+    cdef public bint until_eof
+    cdef public bint close_after
+    cdef public bint interim
+    cdef public bint upgrade
+    cdef public bint tunnel
+    cdef public object early
+    cdef public long status
+    cdef public Py_ssize_t resp_bytes
+    cdef public object failure
+    cdef public long attempts
+    cdef public long retries
+    cdef public bint upstream_keepalive
+    cdef public bint _finished
+    cdef public bint _paused_upstream
+    cdef public object gate
+    cdef public object last_backend
+
+    cpdef start(self)
+    cpdef forward(self)
+    cpdef dispatch(self, exclude=*)
+    cpdef bytes _request_head(self)
+    cpdef _send(self, UpstreamConnection conn)
+    cpdef request_body(self, bytes chunk)
+    cpdef request_complete(self, trailers)
+    cpdef response_head(self, UpstreamConnection conn, long status, list headers, bint keep_alive)
+    cpdef double idle_timeout(self) except? -1.0
+    cpdef response_complete(self, UpstreamConnection conn, trailers)
+    cpdef response_finished(self, UpstreamConnection conn)
+    cpdef write_client(self, data)
+    cpdef bint must_close(self) except -1
+    cpdef reply(self, long status, bytes data)
+    cpdef reply_error(self, long status, bytes extra=*)
+    cpdef _finish(self, bint ok)

@@ -1,0 +1,33 @@
+# Augmenting declarations for headers.py: compiled, the head summaries are extension types.
+cimport cython
+
+@cython.final
+@cython.freelist(64)
+cdef class RequestInfo:
+    cdef public object host
+    cdef public object content_length
+    cdef public bint chunked
+    cdef public bint connection_close
+    cdef public bint connection_keepalive
+    cdef public object upgrade
+    cdef public bint expect_continue
+    cdef public object request_id
+    cdef public object xff
+    cdef public list forward
+
+
+@cython.final
+@cython.freelist(64)
+cdef class ResponseInfo:
+    cdef public object content_length
+    cdef public bint chunked
+    cdef public bint connection_close
+    cdef public list forward
+
+
+cpdef bytes lower_name(bytes name)
+@cython.locals(info=RequestInfo, forward=list, name=bytes, value=bytes, lname=bytes)
+cpdef RequestInfo analyze_request(list headers, bint http10)
+@cython.locals(info=ResponseInfo, forward=list, name=bytes, value=bytes, lname=bytes)
+cpdef ResponseInfo analyze_response(list headers)
+cpdef bytes join_headers(headers)
