@@ -39,6 +39,38 @@ from .dashboard import PAGE
 
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def refuse(request: web.Request, admin: Any) -> web.Response | None:
+    """Why the admin API turns this request away, or None. Shared by a single lb and the
+    supervisor of `--workers`, so both enforce exactly the same rules.
+
+    With a token: everything but the probes and the (data-free) page needs it. Without one
+    (loopback only, enforced by config validation), two browser attacks are refused: DNS
+    rebinding (a Host that is not a loopback name) and cross-site POSTs (a foreign Origin).
+    """
+    if admin.token:
+        given = request.headers.get("Authorization", "")
+        if request.path in _OPEN_PATHS or hmac.compare_digest(
+            given.encode(), f"Bearer {admin.token}".encode()
+        ):
+            return None
+        return web.json_response(
+            {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+    if request.path in ("/healthz", "/readyz"):
+        return None
+    # Browsers always send Host; a client without one is no browser, hence no rebinding.
+    host_header = request.headers.get("Host")
+    host = urlsplit(f"//{host_header}").hostname if host_header is not None else None
+    if host is not None and host not in (*_LOOPBACK, admin.bind[0]):
+        return web.json_response({"error": "the admin API answers loopback names only"}, status=403)
+    origin = request.headers.get("Origin")
+    if request.method != "GET" and origin is not None and urlsplit(origin).netloc != host_header:
+        return web.json_response({"error": "cross-origin request refused"}, status=403)
+    return None
+
+
 _SECRET_KEYS = frozenset(
     {"token", "password", "secret", "authorization", "proxy-authorization", "cookie"}
 )
@@ -52,7 +84,7 @@ class AdminServer:
         self.ready_checks: list[Any] = []  # callables: () -> str | None (a reason not ready)
         self.observe: Any = None  # lb.observe.Observability, set by lb.observe.install
         self.on_stop: list[Callable[[], Awaitable[None]]] = []  # run after the listener closes
-        self.app = web.Application(middlewares=[self._guard, self._auth])
+        self.app = web.Application(middlewares=[self._guard])
         self.app.add_routes(
             [
                 web.get("/", self.dashboard),
@@ -69,35 +101,8 @@ class AdminServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path in ("/healthz", "/readyz") or self.server.runtime.config.admin.token:
-            return await handler(request)
-        # Browsers always send Host; a client without one is no browser, hence no rebinding.
-        host_header = request.headers.get("Host")
-        host = urlsplit(f"//{host_header}").hostname if host_header is not None else None
-        allowed = (*_LOOPBACK, self.server.runtime.config.admin.bind[0])
-        if host is not None and host not in allowed:
-            return web.json_response(
-                {"error": "the admin API answers loopback names only"}, status=403
-            )
-        origin = request.headers.get("Origin")
-        if (
-            request.method != "GET"
-            and origin is not None
-            and urlsplit(origin).netloc != host_header
-        ):
-            return web.json_response({"error": "cross-origin request refused"}, status=403)
-        return await handler(request)
-
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        token = self.server.runtime.config.admin.token
-        if token and request.path not in _OPEN_PATHS:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return web.json_response(
-                    {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": "Bearer"}
-                )
-        return await handler(request)
+        refusal = refuse(request, self.server.runtime.config.admin)
+        return refusal if refusal is not None else await handler(request)
 
     async def start(self) -> None:
         host, port = self.server.runtime.config.admin.bind

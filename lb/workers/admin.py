@@ -23,14 +23,13 @@ an ephemeral loopback port; this one answers from them:
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import os
 import signal
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -40,6 +39,7 @@ from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
+from ..admin.app import refuse
 from .merge import Families, merge_expositions, merge_status
 
 if TYPE_CHECKING:
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 
 WORKER_TIMEOUT_S = 5.0
 RELOAD_CONFIRM_S = 10.0
-_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _PASSED_HEADERS = ("Content-Type", "Cache-Control", "Content-Security-Policy")
 STATUSES = ("starting", "running", "restarting", "stopping", "exited")
 
@@ -107,35 +105,10 @@ class SupervisorAdmin:
         if self.session is not None:
             await self.session.close()
 
-    # -- the guard, with lb.admin.app's rules ---------------------------------------------------
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        admin = self.sup.loaded.config.admin
-        if admin.token:
-            given = request.headers.get("Authorization", "")
-            if request.path not in _OPEN_PATHS and not hmac.compare_digest(
-                given.encode(), f"Bearer {admin.token}".encode()
-            ):
-                return web.json_response(
-                    {"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": "Bearer"}
-                )
-            return await handler(request)
-        if request.path in ("/healthz", "/readyz"):
-            return await handler(request)
-        host_header = request.headers.get("Host")
-        host = urlsplit(f"//{host_header}").hostname if host_header is not None else None
-        if host is not None and host not in (*_LOOPBACK, admin.bind[0]):
-            return web.json_response(
-                {"error": "the admin API answers loopback names only"}, status=403
-            )
-        origin = request.headers.get("Origin")
-        if (
-            request.method != "GET"
-            and origin is not None
-            and urlsplit(origin).netloc != host_header
-        ):
-            return web.json_response({"error": "cross-origin request refused"}, status=403)
-        return await handler(request)
+        refusal = refuse(request, self.sup.loaded.config.admin)
+        return refusal if refusal is not None else await handler(request)
 
     # -- talking to workers ---------------------------------------------------------------------
     async def _call(self, w: Worker, method: str, path: str) -> tuple[int, bytes, dict[str, str]]:
