@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers not in (None, "1", 1):
         from .workers import supervise
 
-        return supervise(args)
+        return supervise(args, loaded)
     return run_server(args.config, loaded)
 
 

@@ -18,6 +18,15 @@ from .routing.route import Route, compile_route
 from .routing.table import RouteTable
 
 
+def set_hook(hooks: list[Any], hook: Any, on: bool) -> None:
+    """Attach or detach an observer/failure hook: features pay per request only while on."""
+    present = any(h is hook for h in hooks)
+    if on and not present:
+        hooks.append(hook)
+    elif not on and present:
+        hooks[:] = [h for h in hooks if h is not hook]
+
+
 class ListenerRuntime:
     """Per-listener settings the data path reads, refreshed in place on reload."""
 

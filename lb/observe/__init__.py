@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
+from ..runtime import set_hook
 from .accesslog import AccessLog
 from .metrics import Counters, Exposition, Metrics
 
@@ -45,11 +46,11 @@ class Observability:
 
     def _apply(self) -> None:
         runtime = self.server.runtime
-        _attach(runtime.observers, self.metrics, self.metrics_enabled())
-        _attach(runtime.failure_hooks, self.metrics, self.metrics_enabled())
+        set_hook(runtime.observers, self.metrics, self.metrics_enabled())
+        set_hook(runtime.failure_hooks, self.metrics, self.metrics_enabled())
         for sink in self.access_log.configure(runtime.config.listeners):
             self.server.loop.create_task(sink.close())
-        _attach(runtime.observers, self.access_log, self.access_log.active)
+        set_hook(runtime.observers, self.access_log, self.access_log.active)
 
     # -- the Server extension interface ------------------------------------------------------------
     async def start(self) -> None:
@@ -64,16 +65,8 @@ class Observability:
 
     async def close(self) -> None:
         runtime = self.server.runtime
-        _attach(runtime.observers, self.access_log, False)
+        set_hook(runtime.observers, self.access_log, False)
         await self.access_log.close()
-
-
-def _attach(hooks: list[Any], hook: Any, on: bool) -> None:
-    present = any(h is hook for h in hooks)
-    if on and not present:
-        hooks.append(hook)
-    elif not on and present:
-        hooks[:] = [h for h in hooks if h is not hook]
 
 
 def install(server: Any) -> Observability:

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from ..config import model
 from ..observe.metrics import Counters
 from ..routing.table import RouteTable
+from ..runtime import set_hook
 from .admission import Admission, Limit, TrustedProxies, key_function
 from .breaker import CLOSED
 from .gates import RouteRetry
@@ -105,8 +106,8 @@ class TrafficControl:
             task.add_done_callback(self._closing.discard)
         self._compile_services()
         needed = bool(self.retries) or any(sc.active for sc in self.services.values())
-        _attach(self.runtime.observers, self, needed)
-        _attach(self.runtime.failure_hooks, self, needed)
+        set_hook(self.runtime.observers, self, needed)
+        set_hook(self.runtime.failure_hooks, self, needed)
 
     def _limit(
         self,
@@ -221,14 +222,6 @@ class TrafficControl:
         for client in self.redis.values():
             await client.aclose()
         self.redis.clear()
-
-
-def _attach(hooks: list[Any], hook: Any, on: bool) -> None:
-    present = any(h is hook for h in hooks)
-    if on and not present:
-        hooks.append(hook)
-    elif not on and present:
-        hooks[:] = [h for h in hooks if h is not hook]
 
 
 def install(server: Any) -> TrafficControl:

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from ..config import ConfigError, load
+from ..config import Loaded
 from .child import run_worker
 
 __all__ = ["parse_workers", "run_worker", "supervise"]
@@ -35,7 +35,7 @@ def parse_workers(value: str | int) -> int:
     return count
 
 
-def supervise(args: argparse.Namespace) -> int:
+def supervise(args: argparse.Namespace, loaded: Loaded) -> int:
     from ..balancer.picker import IMPLEMENTATION
     from ..cli import run_loop
 
@@ -57,12 +57,6 @@ def supervise(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        loaded = load(args.config)
-    except ConfigError as exc:
-        for p in exc.problems:
-            print(p, file=sys.stderr)
-        return 1
     from .supervisor import Supervisor
 
     async def main() -> int:
