@@ -11,7 +11,7 @@ from typing import Any
 
 from .admin.app import AdminServer
 from .config import ConfigError, Loaded, load
-from .config.watch import ConfigWatcher
+from .config.watch import ConfigWatcher, signature
 from .discovery.manager import install as install_discovery
 from .observe import install as install_observability
 from .proxy.tls import TlsSwitch
@@ -35,6 +35,8 @@ class Server:
         watch_interval: float = 1.0,
     ) -> None:
         self.config_path = config_path
+        # What the files looked like when last read: the watcher reloads when they change.
+        self.config_signature = signature(config_path)
         self.loop = asyncio.get_running_loop()
         self.runtime = Runtime(loaded, self.loop)
         self.reuse_port = reuse_port
@@ -98,6 +100,7 @@ class Server:
     async def reload(self) -> tuple[bool, list[str]]:
         """Validate and compile off the request path, then swap; a bad config changes nothing."""
         async with self.reload_lock:
+            self.config_signature = signature(self.config_path)
             try:
                 loaded = await self.loop.run_in_executor(None, load, self.config_path)
             except ConfigError as exc:

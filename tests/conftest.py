@@ -192,8 +192,7 @@ def lb_yaml(
 
 
 @contextlib.asynccontextmanager
-async def running_lb(tmp_path: Path, text: str, watch_interval: float = 1.0
-                     ) -> AsyncIterator[LB]:
+async def running_lb(tmp_path: Path, text: str, watch_interval: float = 1.0) -> AsyncIterator[LB]:
     path = tmp_path / "lb.yaml"
     path.write_text(text)
     server = Server(str(path), load(str(path)), watch_interval=watch_interval)

@@ -26,15 +26,17 @@ def signature(path: str) -> Signature:
 
 
 class ConfigWatcher:
+    """Polls the files; a change since the server last read them triggers a reload. The
+    server records what it read (`config_signature`) on every reload, whatever triggered it
+    and whether it succeeded, so no change is reloaded twice."""
+
     def __init__(self, server: Any, interval: float = 1.0, settle: float = 0.2) -> None:
         self.server = server
         self.interval = interval
         self.settle = settle
         self._task: asyncio.Task[None] | None = None
-        self._seen: Signature = ()
 
     async def start(self) -> None:
-        self._seen = signature(self.server.config_path)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -43,14 +45,11 @@ class ConfigWatcher:
             self._task = None
 
     async def reconfigure(self) -> None:
-        self._seen = signature(self.server.config_path)
+        pass  # nothing of its own to reconfigure: it follows config_signature
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            current = signature(self.server.config_path)
-            if current == self._seen:
-                continue
-            await asyncio.sleep(self.settle)
-            self._seen = signature(self.server.config_path)
-            await self.server.reload()
+            if signature(self.server.config_path) != self.server.config_signature:
+                await asyncio.sleep(self.settle)  # let a burst of writes finish
+                await self.server.reload()
