@@ -222,7 +222,9 @@ class ServiceTimeouts:
 
 @dataclass
 class Pool:
-    max_idle: NonNegative = 64  # idle keep-alive connections kept per backend
+    # Idle keep-alive connections kept per backend. Generous, like HAProxy and Envoy (which keep
+    # all): a small pool churns a TCP connection per request once concurrency exceeds it.
+    max_idle: NonNegative = 1024
     idle_timeout: Duration = 60.0
 
 
