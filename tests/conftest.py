@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lb.config import load
 from lb.server import Server
 
@@ -328,3 +330,14 @@ class Client:
 
     def close(self) -> None:
         self.writer.close()
+
+
+@pytest.fixture
+async def consul() -> AsyncIterator[Any]:
+    """A Consul HTTP API test server (tests/consul_server.py) on a free loopback port."""
+    from consul_server import ConsulTestServer
+
+    srv = ConsulTestServer()
+    await srv.start()
+    yield srv
+    await srv.stop()

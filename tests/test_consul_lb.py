@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -30,14 +30,6 @@ OUTAGE = 60.0
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CONSUL_HTTP_TOKEN", raising=False)
     monkeypatch.delenv("CONSUL_HTTP_ADDR", raising=False)
-
-
-@pytest.fixture
-async def consul() -> AsyncIterator[ConsulTestServer]:
-    srv = ConsulTestServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
 
 
 def config(

@@ -31,11 +31,8 @@ from consul_server import (
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[ConsulTestServer]:
-    srv = ConsulTestServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
+def server(consul: ConsulTestServer) -> ConsulTestServer:
+    return consul
 
 
 @pytest.fixture

@@ -69,11 +69,8 @@ def _no_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[ConsulTestServer]:
-    srv = ConsulTestServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
+def server(consul: ConsulTestServer) -> ConsulTestServer:
+    return consul
 
 
 @pytest.fixture

@@ -10,20 +10,29 @@ GIB = 1 << 30
 CHUNK = 1 << 20
 
 
+async def start_lb(tmp_path, backend: str) -> tuple[LbProcess, int]:
+    """`lb run` in front of one backend, once fully started: listeners bind last."""
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "lb.yaml"
+    cfg.write_text(lb_yaml([backend], port=port, admin_port=admin))
+    lb = LbProcess(cfg)
+    try:
+        await asyncio.to_thread(wait_port, admin)
+        await asyncio.to_thread(wait_port, port)
+    except TimeoutError:
+        lb.stop()
+        raise AssertionError(f"lb did not start:\n{lb.output()}") from None
+    return lb, port
+
+
 async def test_sigterm_drains_in_flight_then_exits_zero(tmp_path):
     async def slow(req):
         await asyncio.sleep(0.8)
         return ok_response(b"finished")
 
     async with backends(1, respond=slow) as bes:
-        port = free_port()
-        cfg = tmp_path / "lb.yaml"
-        admin = free_port()
-        cfg.write_text(lb_yaml([bes[0].address], port=port, admin_port=admin))
-        lb = LbProcess(cfg)
+        lb, port = await start_lb(tmp_path, bes[0].address)
         try:
-            await asyncio.to_thread(wait_port, port)
-            await asyncio.to_thread(wait_port, admin)  # fully started
             idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
             r, w = await asyncio.open_connection("127.0.0.1", port)
             w.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -66,14 +75,8 @@ async def _sink_backend(be, reader, writer):
 
 async def test_gigabyte_each_way_in_bounded_memory(tmp_path):
     async with backends(1, handler=_sink_backend) as bes:
-        port = free_port()
-        cfg = tmp_path / "lb.yaml"
-        admin = free_port()
-        cfg.write_text(lb_yaml([bes[0].address], port=port, admin_port=admin))
-        lb = LbProcess(cfg)
+        lb, port = await start_lb(tmp_path, bes[0].address)
         try:
-            await asyncio.to_thread(wait_port, port)
-            await asyncio.to_thread(wait_port, admin)  # fully started
             base = lb.rss()
             peak = base
 
@@ -114,14 +117,8 @@ async def test_gigabyte_each_way_in_bounded_memory(tmp_path):
 
 async def test_sigint_also_graceful(tmp_path):
     async with backends(1) as bes:
-        port = free_port()
-        cfg = tmp_path / "lb.yaml"
-        admin = free_port()
-        cfg.write_text(lb_yaml([bes[0].address], port=port, admin_port=admin))
-        lb = LbProcess(cfg)
+        lb, _ = await start_lb(tmp_path, bes[0].address)
         try:
-            await asyncio.to_thread(wait_port, port)
-            await asyncio.to_thread(wait_port, admin)  # fully started
             lb.signal(signal.SIGINT)
             assert await asyncio.to_thread(lb.proc.wait, 10) == 0
         finally:
