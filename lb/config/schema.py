@@ -71,9 +71,6 @@ class Builder:
         mark = node if isinstance(node, Mark) else mark_of(node)
         self.problems.append(Problem(mark, path, message))
 
-    def warn(self, mark: Mark, path: str, message: str) -> None:
-        self.problems.append(Problem(mark, path, message, "warning"))
-
     # -- scalars ---------------------------------------------------------------------------------
     def _interpolate(self, node: yaml.ScalarNode, path: str) -> str:
         def sub(m: re.Match[str]) -> str:

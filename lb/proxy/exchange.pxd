@@ -33,7 +33,6 @@ cdef class Exchange:
     cdef public bint started
     cdef public bint response_started
     cdef public bint response_done
-    cdef public bint resp_chunked
     cdef public bint chunked_out
     cdef public bint until_eof
     cdef public bint close_after

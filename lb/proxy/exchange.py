@@ -73,7 +73,6 @@ class Exchange:
         "replayable",
         "req_done",
         "resp_bytes",
-        "resp_chunked",
         "response_done",
         "response_started",
         "retries",
@@ -130,7 +129,6 @@ class Exchange:
         self.started = False
         self.response_started = False
         self.response_done = False
-        self.resp_chunked = False
         self.chunked_out = False
         self.until_eof = False
         self.close_after = False

@@ -7,8 +7,6 @@ cdef class RequestInfo:
     cdef public object host
     cdef public object content_length
     cdef public bint chunked
-    cdef public bint connection_close
-    cdef public bint connection_keepalive
     cdef public object upgrade
     cdef public bint expect_continue
     cdef public object request_id
@@ -21,7 +19,6 @@ cdef class RequestInfo:
 cdef class ResponseInfo:
     cdef public object content_length
     cdef public bint chunked
-    cdef public bint connection_close
     cdef public list forward
 
 

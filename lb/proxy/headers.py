@@ -55,8 +55,6 @@ class RequestInfo:
 
     __slots__ = (
         "chunked",
-        "connection_close",
-        "connection_keepalive",
         "content_length",
         "expect_continue",
         "forward",
@@ -70,8 +68,6 @@ class RequestInfo:
         self.host: bytes | None = None
         self.content_length: int | None = None
         self.chunked = False
-        self.connection_close = False
-        self.connection_keepalive = False
         self.upgrade: bytes | None = None
         self.expect_continue = False
         self.request_id: bytes | None = None
@@ -113,11 +109,9 @@ def analyze_request(headers: list[tuple[bytes, bytes]], http10: bool) -> Request
         elif lname == b"connection":
             for token in value.lower().split(b","):
                 token = token.strip()
-                if token == b"close":
-                    info.connection_close = True
-                elif token == b"keep-alive":
-                    info.connection_keepalive = True
-                elif token and token != b"upgrade":
+                # close / keep-alive are read by the parser (should_keep_alive); any other
+                # token names a hop-by-hop header to drop.
+                if token and token not in (b"close", b"keep-alive", b"upgrade"):
                     named = named or set()
                     named.add(token)
         elif lname == b"upgrade":
@@ -141,12 +135,11 @@ def analyze_request(headers: list[tuple[bytes, bytes]], http10: bool) -> Request
 
 
 class ResponseInfo:
-    __slots__ = ("chunked", "connection_close", "content_length", "forward")
+    __slots__ = ("chunked", "content_length", "forward")
 
     def __init__(self) -> None:
         self.content_length: int | None = None
         self.chunked = False
-        self.connection_close = False
         self.forward: list[tuple[bytes, bytes]] = []
 
 
@@ -165,9 +158,7 @@ def analyze_response(headers: list[tuple[bytes, bytes]]) -> ResponseInfo:
         elif lname == b"connection":
             for token in value.lower().split(b","):
                 token = token.strip()
-                if token == b"close":
-                    info.connection_close = True
-                elif token not in (b"keep-alive", b"upgrade", b""):
+                if token not in (b"close", b"keep-alive", b"upgrade", b""):
                     named = named or set()
                     named.add(token)
     if named:
