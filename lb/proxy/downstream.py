@@ -211,24 +211,12 @@ class ClientConnection:
         ex = self._req
         if ex is not None:
             self.deadline.set(self.listener.timeouts.client_body_idle, "body")
-            if ex.started:
-                ex.request_body(body)
-            else:
-                ex.body_buf.append(b"%x\r\n%b\r\n" % (len(body), body) if ex.info.chunked else body)
-                ex.body_bytes += len(body)
+            ex.request_body(body)
 
     def on_message_complete(self) -> None:
         ex = self._req
-        if ex is None:
-            return
-        if ex.started:
+        if ex is not None:
             ex.request_complete(self._trailers)
-        else:
-            ex.req_done = True
-            if ex.info.chunked:
-                from .headers import join_headers
-
-                ex.body_buf.append(b"0\r\n" + join_headers(self._trailers) + b"\r\n")
 
     # -- helpers for the exchange ---------------------------------------------------------------
     def body_limit(self, ex: Exchange) -> int | None:

@@ -337,11 +337,15 @@ class Exchange:
 
     # -- request body from the client -----------------------------------------------------------
     def request_body(self, chunk: bytes) -> None:
+        """A body chunk from the client: to the backend if connected, else buffered (while
+        connecting, or while queued behind an earlier pipelined request)."""
         self.body_bytes += len(chunk)
-        limit = self.client.body_limit(self)
-        if limit is not None and self.body_bytes > limit:
-            self.client.reject_body(self)
-            return
+        if self.started:
+            # A queued exchange cannot answer yet; its reading is paused, which bounds it.
+            limit = self.client.body_limit(self)
+            if limit is not None and self.body_bytes > limit:
+                self.client.reject_body(self)
+                return
         framed = b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.info.chunked else chunk
         conn = self.upstream
         if conn is not None and not conn.closed and conn.transport is not None:
