@@ -61,22 +61,30 @@ def extensions() -> list:
         return []
 
 
-# The data path: these lb/proxy/*.py files compile, with the .pxd files beside them, into
-# typed extension types; uncompiled, the same files are the pure-Python twin.
-DATA_PATH = ("timer", "headers", "upstream", "exchange", "downstream")
+def _compiled_modules() -> tuple[str, ...]:
+    """lb.compiled.MODULES, read without importing the package being built."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_lb_compiled", "lb/compiled.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MODULES
 
 
 def data_path(cythonize, Extension) -> list:  # type: ignore[no-untyped-def]
+    """The data path and the metrics recorder: these .py files compile, with the .pxd files
+    beside them, into typed extension types; uncompiled, the same files are the twin."""
     exts = [
-        Extension(f"lb.proxy.{m}", [f"lb/proxy/{m}.py"], extra_compile_args=["-O3"])
-        for m in DATA_PATH
+        Extension(m, [m.replace(".", "/") + ".py"], extra_compile_args=["-O3"])
+        for m in _compiled_modules()
     ]
     try:
         return cythonize(
             exts,
             language_level=3,
             quiet=True,
-            build_dir="build/cython",  # keep the generated .c out of lb/proxy
+            build_dir="build/cython",  # keep the generated .c out of the package
             compiler_directives={"annotation_typing": False},  # the .pxd files say the types
         )
     except Exception as exc:

@@ -7,6 +7,7 @@ lb's own work per request: parsing callbacks, routing, picking, forwarding, acco
     python bench/dataplane_bench.py            # compiled (if built) and pure, same run
     python bench/dataplane_bench.py --one      # this process only, as imported
     python bench/dataplane_bench.py --one --prof   # cProfile table (pure Python only)
+    python bench/dataplane_bench.py --one --no-metrics   # without the metrics observer
 
 Run from the repository root. The pure-Python figure comes from a child process with
 LB_PURE_PYTHON=1, which imports the .py twins of the compiled data-path modules.
@@ -68,9 +69,10 @@ class FakeTransport:
         self.closing = True
 
 
-async def measure(n: int, rounds: int, prof: bool) -> tuple[str, list[float]]:
-    import lb.proxy
+async def measure(n: int, rounds: int, prof: bool, metrics: bool) -> tuple[str, list[float]]:
+    import lb.compiled
     from lb.config import load
+    from lb.observe.metrics import Metrics
     from lb.proxy.upstream import UpstreamConnection
     from lb.runtime import ListenerRuntime, Runtime
 
@@ -82,6 +84,8 @@ async def measure(n: int, rounds: int, prof: bool) -> tuple[str, list[float]]:
     finally:
         os.unlink(f.name)
     rt = Runtime(loaded, loop)
+    if metrics:
+        rt.observers.append(Metrics(rt))  # as `lb run` attaches it with metrics on
     lr = ListenerRuntime(rt, loaded.config.listeners[0], loop)
     ups = []
     for b in rt.services["app"].backends.values():
@@ -120,22 +124,24 @@ async def measure(n: int, rounds: int, prof: bool) -> tuple[str, list[float]]:
         for _ in range(n):
             one()
         results.append((time.perf_counter() - t) / n * 1e6)
-    return lb.proxy.implementation(), results
+    return lb.compiled.implementation(), results
 
 
-def run_one(n: int, rounds: int, prof: bool) -> None:
+def run_one(n: int, rounds: int, prof: bool, metrics: bool) -> None:
     import uvloop
 
-    impl, results = uvloop.run(measure(n, rounds, prof))
+    impl, results = uvloop.run(measure(n, rounds, prof, metrics))
     print(f"{impl} {min(results):.2f} {statistics.median(results):.2f}")
 
 
-def child(pure: bool, n: int, rounds: int) -> tuple[str, float, float]:
+def child(pure: bool, n: int, rounds: int, metrics: bool = True) -> tuple[str, float, float]:
     env = dict(os.environ)
     env.pop("LB_PURE_PYTHON", None)
     if pure:
         env["LB_PURE_PYTHON"] = "1"
     cmd = [sys.executable, __file__, "--one", "-n", str(n), "--rounds", str(rounds)]
+    if not metrics:
+        cmd.append("--no-metrics")
     out = subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True)
     impl, best, med = out.stdout.split()[-3:]
     return impl, float(best), float(med)
@@ -147,20 +153,24 @@ def main() -> None:
     ap.add_argument("--prof", action="store_true", help="print a cProfile table first")
     ap.add_argument("-n", type=int, default=50_000, help="requests per round")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-metrics", action="store_true", help="without the metrics observer")
     args = ap.parse_args()
     if args.one:
-        run_one(args.n, args.rounds, args.prof)
+        run_one(args.n, args.rounds, args.prof, not args.no_metrics)
         return
     # Interleaved, so drift on a shared machine hits both sides alike.
     compiled: list[float] = []
+    bare: list[float] = []
     pure: list[float] = []
     impl = "python"
     for _ in range(3):
         impl, best, _ = child(False, args.n, args.rounds)
         compiled.append(best)
+        bare.append(child(False, args.n, args.rounds, metrics=False)[1])
         pure.append(child(True, args.n, args.rounds)[1])
-    c, p = min(compiled), min(pure)
+    c, m, p = min(compiled), min(bare), min(pure)
     print(f"data path as imported ({impl}): {c:.2f} us/request (best of {len(compiled)} runs)")
+    print(f"  the same without metrics:      {m:.2f} us/request (metrics cost {c - m:.2f} us)")
     print(f"pure Python (LB_PURE_PYTHON=1):   {p:.2f} us/request")
     print(f"compiled saves {100 * (1 - c / p):.0f}% of the Python-level cost")
 

@@ -25,7 +25,7 @@ def cmd_version(_: argparse.Namespace) -> int:
     print(f"lb {__version__}")
     print(f"event loop: {_loop_name()}")
     print(f"picker: {IMPLEMENTATION}")
-    from .proxy import implementation
+    from .compiled import implementation
 
     print(f"data path: {implementation()}")
     return 0

@@ -86,7 +86,8 @@ class Runtime:
         self.services: dict[str, Service] = {}
         self.table = RouteTable([])
         self.listeners: dict[str, ListenerRuntime] = {}
-        self.observers: list[Any] = []  # record(exchange, ok) hooks: metrics, access log
+        # record(exchange, ok) hooks, called by the exchange: metrics, access log
+        self.observers: list[Any] = []
         self.failure_hooks: list[Any] = []  # record_failure(service, backend, kind)
         # Run on every new table right before it is swapped in (config apply and dynamic
         # routes), when services and `config` are already updated: traffic control attaches
@@ -161,10 +162,6 @@ class Runtime:
         return ctx
 
     # -- outcomes -------------------------------------------------------------------------------
-    def record(self, ex: Any, ok: bool) -> None:
-        for obs in self.observers:
-            obs.record(ex, ok)
-
     def record_failure(self, svc: Service, backend: Any, kind: str) -> None:
         backend.failures += 1
         for hook in self.failure_hooks:

@@ -11,7 +11,8 @@ from conftest import Client, backends, exchange, free_port, lb_yaml, ok_response
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families
 
-from lb.observe.metrics import BUCKETS, COUNTERS, Metrics, register_counter
+from lb.observe.metrics import COUNTERS, Metrics, register_counter
+from lb.observe.recorder import BUCKETS
 
 ROUTES = """\
 routes:

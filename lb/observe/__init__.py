@@ -29,7 +29,7 @@ class Observability:
         if not isinstance(getattr(runtime, "counters", None), dict):
             runtime.counters = Counters()
         self.started_at = time.time()
-        self.metrics = Metrics(runtime, server.loop)
+        self.metrics = Metrics(runtime)
         self.access_log = AccessLog(server.loop)
         # A registry of its own: several servers in one process (tests) must not collide.
         self.registry = CollectorRegistry(auto_describe=False)

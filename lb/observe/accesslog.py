@@ -249,7 +249,7 @@ class AccessLog:
         entry = self.by_listener.get(client.listener.name)
         if entry is None:
             return
-        now = self.loop.time()
+        now = time.monotonic()
         route, svc, info = ex.route, ex.service, ex.info
         row = (
             self._timestamp(time.time() - (now - ex.t0)),

@@ -1,11 +1,11 @@
 """Prometheus metrics: plain counters on the request path, families built at scrape time.
 
-The request path (`Metrics.record`, once per finished exchange) only does dict look-ups and
-integer additions on objects resolved once: a `RouteStats` per route name (cached in
-`Route.stats`), a `ServiceStats` per service name and a `BackendStats` per backend address.
-Histograms are fixed bucket arrays (`bisect` on the duration). Nothing is formatted and no
-label string is built per request; `Exposition.collect` turns the counts into metric families
-when Prometheus scrapes.
+The request path (`Metrics.record`, from `recorder.py`, compiled; once per finished exchange)
+only does dict look-ups and integer additions on objects resolved once: a `RouteStats` per
+route name (cached in `Route.stats`), a `ServiceStats` per service name and a `BackendStats`
+per backend address. Histograms are fixed bucket arrays (`bisect` on the duration). Nothing is
+formatted and no label string is built per request; `Exposition.collect` turns the counts into
+metric families when Prometheus scrapes.
 
 Label cardinality: a service's first `metrics.max_backends_per_service` backends (in the order
 lb first sees them) get their own `backend` label; the rest fold into `backend="other"`. A
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -56,21 +55,10 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..balancer.picker import IMPLEMENTATION
+from .recorder import OTHER, BackendStats, Recorder
 
 log = logging.getLogger(__name__)
 
-# Request durations at an ingress: sub-millisecond for lb's own answers and cached backends,
-# up to the 30 s default response-head timeout and a little beyond for streamed bodies.
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-_LE = (*(repr(b) for b in BUCKETS), "+Inf")
-
-# Methods outside this set come from clients and would make the label unbounded.
-METHODS = {
-    m.encode(): m
-    for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
-}
-OTHER_METHOD = "OTHER"
-OTHER = "other"  # the folded backend label
 STATES = ("up", "draining", "down")
 BREAKER_STATES = ("closed", "open", "half_open")
 CAPS = ("connections", "pending", "requests", "retries")
@@ -130,85 +118,6 @@ register_counter(
 )
 
 
-# -- per-object stats, updated on the request path ------------------------------------------------
-class Histogram:
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
-        self.sum = 0.0
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out, acc = [], 0
-        for le, n in zip(_LE, self.counts, strict=True):
-            acc += n
-            out.append((le, acc))
-        return out
-
-
-class RouteStats:
-    __slots__ = ("durations", "failures", "name", "retries")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.durations: dict[str, Histogram] = {}  # by service name ("" when none)
-        self.retries: dict[str, int] = {}  # by service name
-        self.failures: dict[tuple[str, str], int] = {}  # (service, failure kind)
-
-
-class BackendStats:
-    """Counts for one backend address of one service. `seen` holds the counters read from the
-    Backend object (selections, breaker transitions) at the last scrape."""
-
-    __slots__ = (
-        "backend",
-        "codes",
-        "errors",
-        "failures",
-        "label",
-        "name",
-        "requests",
-        "seen",
-        "upstream_count",
-        "upstream_sum",
-    )
-
-    def __init__(self, name: str, label: str) -> None:
-        self.name = name
-        self.label = label
-        self.codes: dict[tuple[str, int, str], int] = {}  # (route, status, method) -> count
-        self.requests = 0
-        self.errors = 0  # 5xx answers and exchanges that failed, client departures aside
-        self.upstream_count = 0
-        self.upstream_sum = 0.0
-        self.failures: dict[str, int] = {}  # upstream attempt failures by kind
-        self.seen: dict[tuple[str, ...], int] = {}
-        self.backend: Any = None
-
-    def absorb(self, other: BackendStats) -> None:
-        for d, src in (
-            (self.codes, other.codes),
-            (self.failures, other.failures),
-            (self.seen, other.seen),
-        ):
-            for k, n in src.items():
-                d[k] = d.get(k, 0) + n  # type: ignore[index, attr-defined]
-        self.requests += other.requests
-        self.errors += other.errors
-        self.upstream_count += other.upstream_count
-        self.upstream_sum += other.upstream_sum
-
-
-class ServiceStats:
-    __slots__ = ("backends", "labelled", "name", "retired")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.backends: dict[str, BackendStats] = {}
-        self.labelled = 0
-        self.retired = BackendStats("", OTHER)
-
-
 def service_part(svc: Any, name: str) -> Any:
     """A service's traffic-control object (`breaker`, `caps`, `outlier`): held by its `gate`,
     or by the service itself."""
@@ -227,93 +136,8 @@ def _backend_counters(b: Any) -> dict[tuple[str, ...], int]:
     return out
 
 
-class Metrics:
-    """The request-path observer (`record`, `refusal`) and failure hook (`record_failure`)."""
-
-    def __init__(self, runtime: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self.runtime = runtime
-        self._now = loop.time
-        self.routes: dict[str, RouteStats] = {}
-        self.no_route = RouteStats("")
-        self.services: dict[str, ServiceStats] = {}
-        self.refused: dict[tuple[str, int], int] = {}
-
-    # -- the request path ------------------------------------------------------------------------
-    def record(self, ex: Any, ok: bool) -> None:
-        now = self._now()
-        route = ex.route
-        if route is None:
-            rs = self.no_route
-        else:
-            rs = route.stats
-            if rs is None:
-                rs = self._route(route)
-        svc = ex.service
-        sname = "" if svc is None else svc.name
-        ss = self.services.get(sname)
-        if ss is None:
-            ss = self._service(sname)
-        bs = ss.backends.get(ex.upstream_name)
-        if bs is None:
-            bs = self._backend(ss, ex.upstream_name)
-        status = ex.status
-        key = (rs.name, status, METHODS.get(ex.method, OTHER_METHOD))
-        codes = bs.codes
-        codes[key] = codes.get(key, 0) + 1
-        bs.requests += 1
-        failure = ex.failure
-        if failure:
-            fkey = (sname, failure)
-            rs.failures[fkey] = rs.failures.get(fkey, 0) + 1
-            if failure != "client-gone":
-                bs.errors += 1
-        elif status >= 500:
-            bs.errors += 1
-        if ex.retries:
-            rs.retries[sname] = rs.retries.get(sname, 0) + ex.retries
-        t = ex.t_upstream
-        if t:
-            bs.upstream_count += 1
-            bs.upstream_sum += now - t
-        h = rs.durations.get(sname)
-        if h is None:
-            h = rs.durations[sname] = Histogram()
-        d = now - ex.t0
-        h.counts[bisect_left(BUCKETS, d)] += 1
-        h.sum += d
-
-    def refusal(self, conn: Any, status: int) -> None:
-        key = (conn.listener.name, status)
-        self.refused[key] = self.refused.get(key, 0) + 1
-
-    def record_failure(self, svc: Any, backend: Any, kind: str) -> None:
-        ss = self.services.get(svc.name) or self._service(svc.name)
-        bs = ss.backends.get(backend.name) or self._backend(ss, backend.name)
-        bs.failures[kind] = bs.failures.get(kind, 0) + 1
-
-    # -- first sight of a route, service or backend ------------------------------------------------
-    def _route(self, route: Any) -> RouteStats:
-        # Routes are recompiled on reload; the counts live on by name.
-        rs = self.routes.get(route.name)
-        if rs is None:
-            rs = self.routes[route.name] = RouteStats(route.name)
-        route.stats = rs
-        return rs
-
-    def _service(self, name: str) -> ServiceStats:
-        ss = self.services[name] = ServiceStats(name)
-        return ss
-
-    def _backend(self, ss: ServiceStats, name: str) -> BackendStats:
-        if not name:
-            label = ""  # no backend was chosen (none available, or lb answered itself)
-        elif ss.labelled < self.runtime.config.metrics.max_backends_per_service:
-            label = name
-            ss.labelled += 1
-        else:
-            label = OTHER
-        bs = ss.backends[name] = BackendStats(name, label)
-        return bs
+class Metrics(Recorder):
+    """The recorder (request path, `recorder.py`) plus what scrapes and the admin API read."""
 
     # -- scrape time -----------------------------------------------------------------------------
     def sync(self) -> None:

@@ -8,6 +8,7 @@ pauses meanwhile, so what a client can make lb hold is bounded by one read.
 import asyncio
 import logging
 from collections import deque
+from time import monotonic
 from typing import Any
 
 import httptools
@@ -190,7 +191,7 @@ class ClientConnection:
             http10,
             parser.should_keep_alive() and not self.closing,
             route,
-            self.loop.time(),
+            monotonic(),  # durations: uvloop's loop.time() ticks in whole milliseconds
         )
         if parser.should_upgrade():
             ex.upgrade = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from math import inf
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from ..balancer.backend import Backend
@@ -330,7 +331,7 @@ class Exchange:
         if route is not None and route.retry is not None and route.retry.per_try_timeout:
             timeout = min(timeout, route.retry.per_try_timeout)  # each attempt its own wait
         conn.deadline.set(timeout, "response-head")
-        self.t_upstream = self.client.loop.time()
+        self.t_upstream = monotonic()
         conn.send(self, data, self.method == b"HEAD")
         if self.client._paused:
             self.client.resume_reading(4)
@@ -662,4 +663,5 @@ class Exchange:
             svc.release(b)
         if self.gate is not None:
             self.gate.leave(self)
-        self.client.listener.runtime.record(self, ok)
+        for observer in self.client.listener.runtime.observers:
+            observer.record(self, ok)

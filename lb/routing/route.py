@@ -145,7 +145,7 @@ class Split:
         return None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Route:
     name: str
     config: model.Route

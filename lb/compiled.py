@@ -1,0 +1,50 @@
+"""The modules Cython compiles from their own .py files, and the switch back to the source.
+
+Built (setup.py), each module below becomes an extension module whose classes are typed
+extension types declared by the .pxd file beside it; uncompiled, the same .py files run as
+they are. LB_PURE_PYTHON=1 makes the source win over a built module at import time, which is
+how the pure-Python twin is benchmarked and debugged on a machine that has both.
+"""
+
+import os
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES, ModuleSpec
+from importlib.util import spec_from_file_location
+
+MODULES = (
+    "lb.proxy.timer",
+    "lb.proxy.headers",
+    "lb.proxy.upstream",
+    "lb.proxy.exchange",
+    "lb.proxy.downstream",
+    "lb.observe.recorder",
+)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def source_path(module: str) -> str:
+    return os.path.join(_ROOT, *module.split(".")) + ".py"
+
+
+class SourceFirst:
+    """A meta-path finder: the compiled modules load from their .py files."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        if name not in MODULES:
+            return None
+        return spec_from_file_location(name, source_path(name))
+
+
+def install_source_first() -> None:
+    # Before any compiled module is imported: they cimport each other, so all or none.
+    if os.environ.get("LB_PURE_PYTHON") and SourceFirst not in sys.meta_path:
+        sys.meta_path.insert(0, SourceFirst)
+
+
+def implementation() -> str:
+    """'cython' when every compiled module runs compiled, 'python' otherwise."""
+    from importlib import import_module
+
+    files = [import_module(m).__file__ or "" for m in MODULES]
+    return "cython" if all(f.endswith(tuple(EXTENSION_SUFFIXES)) for f in files) else "python"

@@ -1,0 +1,55 @@
+# Augmenting declarations for recorder.py: compiled, the stats are extension types and
+# `record` reads the exchange's fields directly.
+cimport cython
+
+from lb.proxy.exchange cimport Exchange
+
+
+@cython.final
+cdef class Histogram:
+    cdef public list counts
+    cdef public double sum
+
+
+@cython.final
+cdef class RouteStats:
+    cdef public str name
+    cdef public dict durations
+    cdef public dict retries
+    cdef public dict failures
+
+
+@cython.final
+cdef class BackendStats:
+    cdef public object backend
+    cdef public dict codes
+    cdef public long long errors
+    cdef public dict failures
+    cdef public str label
+    cdef public str name
+    cdef public long long requests
+    cdef public dict seen
+    cdef public long long upstream_count
+    cdef public double upstream_sum
+
+
+@cython.final
+cdef class ServiceStats:
+    cdef public dict backends
+    cdef public long labelled
+    cdef public str name
+    cdef public BackendStats retired
+
+
+cdef class Recorder:
+    cdef public object runtime
+    cdef public dict routes
+    cdef public RouteStats no_route
+    cdef public dict services
+    cdef public dict refused
+
+    @cython.locals(
+        rs=RouteStats, ss=ServiceStats, bs=BackendStats, h=Histogram, codes=dict,
+        now=double, t=double, d=double, status=long,
+    )
+    cpdef record(self, Exchange ex, bint ok)
