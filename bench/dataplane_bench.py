@@ -1,8 +1,9 @@
 """Python-level cost of one proxied request: the real data-path classes, fake transports.
 
-No sockets and no syscalls: a client connection and one pooled upstream connection per
-backend are driven directly (request in, response in, write out), so what is timed is
-lb's own work per request: parsing callbacks, routing, picking, forwarding, accounting.
+No sockets and no syscalls: 64 client connections and one pooled upstream connection per
+backend are driven directly (request in, response in, write out at the end of the loop
+iteration), so what is timed is lb's own work per request: parsing callbacks, routing,
+picking, forwarding, accounting.
 
     python bench/dataplane_bench.py            # compiled (if built) and pure, same run
     python bench/dataplane_bench.py --one      # this process only, as imported
@@ -40,6 +41,7 @@ RESP = (
     b"Connection: keep-alive\r\n\r\nok\n"
 )
 REQ = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18090\r\n\r\n"
+CONNECTIONS = 64  # client connections, each with one request per loop iteration (wrk -c64)
 
 
 class FakeTransport:
@@ -89,41 +91,49 @@ async def measure(n: int, rounds: int, prof: bool, metrics: bool) -> tuple[str, 
     lr = ListenerRuntime(rt, loaded.config.listeners[0], loop)
     ups = []
     for b in rt.services["app"].backends.values():
-        u = UpstreamConnection(b, loop, 60.0)
+        u = UpstreamConnection(b, loop, rt.outbox, 60.0)
         u.connection_made(FakeTransport())
         u.release(64)
         ups.append(u)
-    client = lr.protocol()
-    ct = FakeTransport()
-    client.connection_made(ct)
+    clients = []
+    for _ in range(CONNECTIONS):
+        client = lr.protocol()
+        client.connection_made(FakeTransport())
+        clients.append((client, client.transport))
 
-    def one() -> None:
-        client.data_received(REQ)
-        for u in ups:
-            if u.exchange is not None:
-                u.data_received(RESP)
-        if len(ct.out) != 1:
-            raise SystemExit(f"expected one response write, got {ct.out!r}")
-        ct.out.clear()
+    async def batch() -> None:
+        """One request on each client connection, then one loop iteration, in which the
+        outbox sends what they wrote, as a loop iteration with that many reads would."""
+        for client, _ in clients:
+            client.data_received(REQ)
+            for u in ups:
+                if u.exchange is not None:
+                    u.data_received(RESP)
+        await asyncio.sleep(0)
+        for _, ct in clients:
+            if len(ct.out) != 1:
+                raise SystemExit(f"expected one response write, got {ct.out!r}")
+            ct.out.clear()
 
-    for _ in range(2000):
-        one()
+    batches = max(1, n // CONNECTIONS)
+    for _ in range(50):
+        await batch()
     if prof:
         import cProfile
         import pstats
 
         pr = cProfile.Profile()
         pr.enable()
-        for _ in range(n):
-            one()
+        for _ in range(batches):
+            await batch()
         pr.disable()
         pstats.Stats(pr).sort_stats("tottime").print_stats(25)
     results = []
     for _ in range(rounds):
         t = time.perf_counter()
-        for _ in range(n):
-            one()
-        results.append((time.perf_counter() - t) / n * 1e6)
+        for _ in range(batches):
+            await batch()
+        results.append((time.perf_counter() - t) / (batches * CONNECTIONS) * 1e6)
     return lb.compiled.implementation(), results
 
 

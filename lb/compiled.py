@@ -13,6 +13,7 @@ from importlib.util import spec_from_file_location
 
 MODULES = (
     "lb.proxy.timer",
+    "lb.proxy.outbox",
     "lb.proxy.headers",
     "lb.proxy.upstream",
     "lb.proxy.exchange",

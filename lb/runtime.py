@@ -14,6 +14,7 @@ from typing import Any
 from .balancer.service import Service, static_specs
 from .config import Loaded, model
 from .proxy.downstream import ClientConnection
+from .proxy.outbox import Outbox
 from .routing.route import Route, compile_route
 from .routing.table import RouteTable
 
@@ -80,6 +81,7 @@ class ListenerRuntime:
 class Runtime:
     def __init__(self, loaded: Loaded, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.outbox = Outbox(loop)  # what the connections write, sent once per loop iteration
         self.loaded = loaded
         self.config = loaded.config
         self.loaded_at = time.time()

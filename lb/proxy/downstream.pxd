@@ -2,14 +2,14 @@
 cimport cython
 from lb.proxy.exchange cimport Exchange
 from lb.proxy.headers cimport analyze_request
+from lb.proxy.outbox cimport Writer
 from lb.proxy.timer cimport Deadline
 
 
 @cython.final
-cdef class ClientConnection:
+cdef class ClientConnection(Writer):
     cdef public object listener
     cdef public object loop
-    cdef public object transport
     cdef public object parser
     cdef public object peer_ip
     cdef public Exchange current
@@ -27,7 +27,6 @@ cdef class ClientConnection:
 
     @cython.locals(ex=Exchange, method=bytes, target=bytes, path=str, query=str, http10=bint)
     cpdef on_headers_complete(self)
-    cpdef write(self, data)
     cpdef pause_reading(self, long reason)
     cpdef resume_reading(self, long reason)
     cpdef exchange_done(self, Exchange ex, bint close)

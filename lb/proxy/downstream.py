@@ -16,6 +16,7 @@ import httptools
 from . import responses
 from .exchange import Exchange
 from .headers import BadRequest, analyze_request
+from .outbox import Writer
 from .timer import Deadline
 
 log = logging.getLogger("lb.proxy")
@@ -29,7 +30,7 @@ class _Refuse(Exception):
         self.status = status
 
 
-class ClientConnection:
+class ClientConnection(Writer):
     __slots__ = (
         "_head_bytes",
         "_headers",
@@ -46,14 +47,13 @@ class ClientConnection:
         "parser",
         "peer_ip",
         "queue",
-        "transport",
         "tunnel",
     )
 
     def __init__(self, listener: Any) -> None:
+        Writer.__init__(self, listener.runtime.outbox)
         self.listener = listener
         self.loop: asyncio.AbstractEventLoop = listener.loop
-        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer_ip = b"unknown"
         self.current: Exchange | None = None  # the exchange whose response is being written
@@ -251,10 +251,6 @@ class ClientConnection:
             path = f"{path}?{ex.query}"
         return r.status, f"{scheme}://{host}{path}".encode("latin-1")
 
-    def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
     def pause_reading(self, reason: int) -> None:
         if not self._paused and self.transport is not None:
             self.transport.pause_reading()
@@ -299,6 +295,7 @@ class ClientConnection:
 
     def abort(self) -> None:
         self.closing = True
+        self.discard_output()
         if self.transport is not None:
             self.transport.abort()
 
@@ -313,6 +310,7 @@ class ClientConnection:
     def _close_after_write(self) -> None:
         self.closing = True
         self.deadline.cancel()
+        self.flush()
         if self.transport is not None:
             self.transport.close()
 

@@ -251,6 +251,7 @@ class Exchange:
                 _upstream.connect(
                     b,
                     loop,
+                    self.client.outbox,
                     svc.config.pool.idle_timeout,
                     self.client.listener.runtime.upstream_tls(svc),
                     svc.config.tls.sni if svc.config.tls else None,
@@ -350,8 +351,7 @@ class Exchange:
         framed = b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.info.chunked else chunk
         conn = self.upstream
         if conn is not None and not conn.closed and conn.transport is not None:
-            assert conn.transport is not None
-            conn.transport.write(framed)
+            conn.write(framed)
             self.body_sent = True
             if self.replayable:
                 self._keep_for_replay(framed)
@@ -376,7 +376,7 @@ class Exchange:
         end = b"0\r\n" + join_headers(trailers) + b"\r\n"
         conn = self.upstream
         if conn is not None and not conn.closed and conn.transport is not None:
-            conn.transport.write(end)
+            conn.write(end)
             if self.replayable:
                 self.body_buf.append(end)
         else:

@@ -30,9 +30,7 @@ class Tunnel:
 
     def to_backend(self, data: bytes) -> None:
         self.deadline.set(self.idle, "tunnel-idle")
-        t = self.backend.transport
-        if t is not None and not t.is_closing():
-            t.write(data)
+        self.backend.write(data)
 
     def upstream_lost(self, conn: Any, exc: Exception | None) -> None:
         self.client.tunnel = None

@@ -2,15 +2,15 @@
 cimport cython
 
 from lb.proxy.exchange cimport Exchange
+from lb.proxy.outbox cimport Writer
 from lb.proxy.timer cimport Deadline
 
 
 @cython.final
-cdef class UpstreamConnection:
+cdef class UpstreamConnection(Writer):
     cdef public object backend
     cdef public object loop
     cdef public double idle_timeout
-    cdef public object transport
     cdef public object parser
     cdef public object exchange  # an Exchange, or a Tunnel once upgraded
     cdef public bint closed

@@ -13,10 +13,11 @@ from typing import Any
 import httptools
 
 from ..balancer.backend import Backend
+from .outbox import Outbox, Writer
 from .timer import Deadline
 
 
-class UpstreamConnection:
+class UpstreamConnection(Writer):
     __slots__ = (
         "_headers",
         "backend",
@@ -32,16 +33,19 @@ class UpstreamConnection:
         "raw",
         "reused",
         "saw_bytes",
-        "transport",
     )
 
     def __init__(
-        self, backend: Backend, loop: asyncio.AbstractEventLoop, idle_timeout: float
+        self,
+        backend: Backend,
+        loop: asyncio.AbstractEventLoop,
+        outbox: Outbox,
+        idle_timeout: float,
     ) -> None:
+        Writer.__init__(self, outbox)
         self.backend = backend
         self.loop = loop
         self.idle_timeout = idle_timeout
-        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Any = None
         self.closed = False
@@ -162,8 +166,7 @@ class UpstreamConnection:
         self.exchange = exchange
         self.head_only = head_only
         self.saw_bytes = False
-        assert self.transport is not None
-        self.transport.write(data)
+        self.write(data)
 
     def release(self, max_idle: int) -> None:
         """Back to the pool, or closed when the pool is full."""
@@ -181,6 +184,7 @@ class UpstreamConnection:
     def close(self) -> None:
         self.exchange = None
         if self.transport is not None and not self.transport.is_closing():
+            self.flush()
             self.transport.close()
         if not self.closed:
             self.closed = True
@@ -192,6 +196,7 @@ class UpstreamConnection:
             pass
 
     def abort(self) -> None:
+        self.discard_output()
         if self.transport is not None:
             self.transport.abort()
         self.close()
@@ -217,12 +222,13 @@ def take_idle(backend: Backend) -> UpstreamConnection | None:
 async def connect(
     backend: Backend,
     loop: asyncio.AbstractEventLoop,
+    outbox: Outbox,
     idle_timeout: float,
     tls: ssl.SSLContext | None,
     sni: str | None,
 ) -> UpstreamConnection:
     _, proto = await loop.create_connection(
-        lambda: UpstreamConnection(backend, loop, idle_timeout),
+        lambda: UpstreamConnection(backend, loop, outbox, idle_timeout),
         backend.host,
         backend.port,
         ssl=tls,
