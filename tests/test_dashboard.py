@@ -112,9 +112,11 @@ async def keep_busy(port: int, stop: asyncio.Event) -> None:
     try:
         i = 0
         while not stop.is_set():
-            await c.request(path=f"/pay/{i}" if i % 3 == 0 else f"/page/{i}")
+            # Half to payments, so its failing backend is picked in every poll window even
+            # when a loaded machine slows this loop down.
+            await c.request(path=f"/pay/{i}" if i % 2 == 0 else f"/page/{i}")
             i += 1
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)
     finally:
         c.close()
 

@@ -166,7 +166,8 @@ function computeRates(st) {
       const p = base.counters[k];
       if (!p) continue;
       const dr = Math.max(0, cur[k][0] - p[0]), de = Math.max(0, cur[k][1] - p[1]);
-      rates[k] = {rps: dr / dt, err: dr > 0 ? Math.min(1, de / dr) : (de > 0 ? 1 : 0)};
+      // No requests in the window: no error rate to show, rather than a reassuring 0%.
+      rates[k] = {rps: dr / dt, err: dr > 0 ? Math.min(1, de / dr) : (de > 0 ? 1 : null)};
     }
   }
   history.push({time: st.time, counters: cur});

@@ -2,7 +2,9 @@
 cimport cython
 
 from lb.proxy.downstream cimport ClientConnection
-from lb.proxy.headers cimport RequestInfo, analyze_response, join_headers
+from lb.proxy.headers cimport (
+    RequestInfo, ResponseInfo, add_lines, analyze_response, join_headers,
+)
 from lb.proxy.upstream cimport UpstreamConnection
 
 
@@ -54,10 +56,12 @@ cdef class Exchange:
     cpdef start(self)
     cpdef forward(self)
     cpdef dispatch(self, exclude=*)
+    @cython.locals(parts=list, info=RequestInfo, headers=list)
     cpdef bytes _request_head(self)
     cpdef _send(self, UpstreamConnection conn)
     cpdef request_body(self, bytes chunk)
     cpdef request_complete(self, trailers)
+    @cython.locals(parts=list, info=ResponseInfo, fwd=list)
     cpdef response_head(self, UpstreamConnection conn, long status, list headers, bint keep_alive)
     cpdef double idle_timeout(self) except? -1.0
     cpdef response_complete(self, UpstreamConnection conn, trailers)

@@ -17,7 +17,7 @@ from ..balancer.service import Service
 from ..routing.route import Route
 from . import responses
 from . import upstream as _upstream  # a module import: compiled, upstream cimports Exchange
-from .headers import RequestInfo, analyze_response, join_headers
+from .headers import RequestInfo, add_lines, analyze_response, join_headers
 
 if TYPE_CHECKING:
     from .upstream import UpstreamConnection
@@ -283,32 +283,33 @@ class Exchange:
         if route.request_rules is not None:
             headers = route.request_rules.apply(headers)
         client = self.client
+        listener = client.listener
         xff = client.peer_ip if info.xff is None else info.xff + b", " + client.peer_ip
-        extra = [
+        parts = [self.method, b" ", target, b" HTTP/1.1\r\n"]
+        add_lines(parts, headers)
+        parts += (
             b"host: ",
-            info.host or client.listener.default_host,
-            b"\r\n",
-            b"x-forwarded-for: ",
+            info.host or listener.default_host,
+            b"\r\nx-forwarded-for: ",
             xff,
             b"\r\n",
-            client.listener.proto_line,
+            listener.proto_line,
             b"x-request-id: ",
             info.request_id or b"",
             b"\r\n",
-        ]
-        if info.host is not None:
-            extra += [b"x-forwarded-host: ", info.host, b"\r\n"]
-        if self.upgrade:
-            extra += [b"connection: upgrade\r\nupgrade: ", info.upgrade or b"", b"\r\n"]
-        if info.expect_continue:
-            extra.append(b"expect: 100-continue\r\n")
-        if info.chunked:
-            extra.append(b"transfer-encoding: chunked\r\n")
-        elif info.content_length is not None:
-            extra += [b"content-length: ", b"%d" % info.content_length, b"\r\n"]
-        self.head = b"".join(
-            [self.method, b" ", target, b" HTTP/1.1\r\n", join_headers(headers), *extra, b"\r\n"]
         )
+        if info.host is not None:
+            parts += (b"x-forwarded-host: ", info.host, b"\r\n")
+        if self.upgrade:
+            parts += (b"connection: upgrade\r\nupgrade: ", info.upgrade or b"", b"\r\n")
+        if info.expect_continue:
+            parts.append(b"expect: 100-continue\r\n")
+        if info.chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        elif info.content_length is not None:
+            parts += (b"content-length: ", b"%d" % info.content_length, b"\r\n")
+        parts.append(b"\r\n")
+        self.head = b"".join(parts)
         return self.head
 
     def _send(self, conn: UpstreamConnection) -> None:
@@ -420,22 +421,18 @@ class Exchange:
         if route is not None and route.response_rules is not None:
             fwd = route.response_rules.apply(fwd)
         line = _STATUS_LINES.get(status) or _status_line(status)
+        parts = [line]
+        add_lines(parts, fwd)
         if status == 101:
             self.tunnel = self.upgrade
-            conn.pending.append(
-                line
-                + join_headers(fwd)
-                + b"connection: upgrade\r\nupgrade: "
-                + (self.info.upgrade or b"")
-                + b"\r\n\r\n"
-            )
+            parts += (b"connection: upgrade\r\nupgrade: ", self.info.upgrade or b"", b"\r\n\r\n")
+            conn.pending.append(b"".join(parts))
             return
         if self.upgrade:
             self.close_after = True  # the client's parser is in upgrade mode; start afresh
-        framing = b""
         no_body = self.method == b"HEAD" or status in (204, 304)
         if info.content_length is not None:
-            framing = b"content-length: %d\r\n" % info.content_length
+            parts += (b"content-length: ", b"%d" % info.content_length, b"\r\n")
         elif no_body:
             pass
         else:
@@ -445,16 +442,16 @@ class Exchange:
             if self.http10:
                 self.close_after = True
             else:
-                framing = b"transfer-encoding: chunked\r\n"
+                parts.append(b"transfer-encoding: chunked\r\n")
                 self.chunked_out = True
         client = self.client
         if not self.keep_alive or client.closing:
             self.close_after = True
         if self.close_after:
-            conn_line = b"connection: close\r\n"
+            parts.append(b"connection: close\r\n\r\n")
         else:
-            conn_line = b"connection: keep-alive\r\n" if self.http10 else b""
-        conn.pending.append(b"".join((line, join_headers(fwd), framing, conn_line, b"\r\n")))
+            parts.append(b"connection: keep-alive\r\n\r\n" if self.http10 else b"\r\n")
+        conn.pending.append(b"".join(parts))
 
     def idle_timeout(self) -> float:
         route, svc = self.route, self.service

@@ -27,4 +27,10 @@ cpdef bytes lower_name(bytes name)
 cpdef RequestInfo analyze_request(list headers, bint http10)
 @cython.locals(info=ResponseInfo, forward=list, name=bytes, value=bytes, lname=bytes)
 cpdef ResponseInfo analyze_response(list headers)
-cpdef bytes join_headers(headers)
+@cython.locals(name=bytes, value=bytes)
+cpdef add_lines(list parts, list headers)
+cpdef bytes join_headers(list headers)
+
+cdef dict _LOWER
+cdef frozenset HOP_BY_HOP
+cdef frozenset _SPECIAL

@@ -166,10 +166,13 @@ def analyze_response(headers: list[tuple[bytes, bytes]]) -> ResponseInfo:
     return info
 
 
-_colon = b": ".join
+def add_lines(parts: list[bytes], headers: list[tuple[bytes, bytes]]) -> None:
+    """Append header lines to the pieces of a head that is joined once at the end."""
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
 
 
 def join_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
-    if not headers:
-        return b""
-    return b"\r\n".join(map(_colon, headers)) + b"\r\n"
+    parts: list[bytes] = []
+    add_lines(parts, headers)
+    return b"".join(parts)
