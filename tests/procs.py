@@ -22,13 +22,14 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 class LbProcess:
-    def __init__(self, config: Path, *args: str) -> None:
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.log = config.with_suffix(".log")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lb", "run", "-c", str(config), *args],
             cwd=ROOT,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
 
     def rss(self) -> int:

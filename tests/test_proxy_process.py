@@ -1,21 +1,26 @@
 """lb as a process: graceful shutdown, and streaming 1 GiB each way in bounded memory."""
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 
 from conftest import backends, free_port, lb_yaml, ok_response
-from procs import LbProcess, wait_port
+from procs import ROOT, LbProcess, wait_port
 
 GIB = 1 << 30
 CHUNK = 1 << 20
 
 
-async def start_lb(tmp_path, backend: str) -> tuple[LbProcess, int]:
+async def start_lb(
+    tmp_path, backend: str, env: dict[str, str] | None = None
+) -> tuple[LbProcess, int]:
     """`lb run` in front of one backend, once fully started: listeners bind last."""
     port, admin = free_port(), free_port()
     cfg = tmp_path / "lb.yaml"
     cfg.write_text(lb_yaml([backend], port=port, admin_port=admin))
-    lb = LbProcess(cfg)
+    lb = LbProcess(cfg, env=env)
     try:
         await asyncio.to_thread(wait_port, admin)
         await asyncio.to_thread(wait_port, port)
@@ -123,3 +128,39 @@ async def test_sigint_also_graceful(tmp_path):
             assert await asyncio.to_thread(lb.proc.wait, 10) == 0
         finally:
             lb.stop()
+
+
+async def test_the_pure_python_twin_runs_and_proxies(tmp_path):
+    """LB_PURE_PYTHON=1 runs the .py sources of the compiled modules: `lb version` says so,
+    and keep-alive, pipelining and a chunked upload go through as they do compiled."""
+    env = {"LB_PURE_PYTHON": "1"}
+    version = subprocess.run(
+        [sys.executable, "-m", "lb", "version"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "data path: python" in version
+
+    async def echo(req):
+        return ok_response(f"{req.method} {req.path} {len(req.body)}".encode())
+
+    async with backends(1, respond=echo) as bes:
+        lb, port = await start_lb(tmp_path, bes[0].address, env=env)
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(
+                b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n"
+                b"POST /b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+                b"GET /c HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+            )
+            raw = await asyncio.wait_for(r.read(), 5)
+            bodies = [part.split(b"\r\n\r\n", 1)[1] for part in raw.split(b"HTTP/1.1 ")[1:]]
+            assert raw.count(b"HTTP/1.1 200") == 3, raw
+            assert bodies == [b"GET /a 0", b"POST /b 5", b"GET /c 0"], raw
+            w.close()
+        finally:
+            assert lb.stop() == 0, lb.output()
