@@ -111,9 +111,16 @@ class Service:
         picker = self.picker
         while True:
             if exclude is not None and not exclude.removed and len(self.backends) > 1:
-                picker.set_eligible(exclude.slot, False, now, 0.0)
-                slot = picker.pick(now, self.panic)
-                picker.set_eligible(exclude.slot, exclude.eligible(now), now, 0.0)
+                if self.panic:
+                    # Panic picks regardless of eligibility: the exclusion takes the weight
+                    # away for this one pick instead.
+                    picker.set_weight(exclude.slot, 0)
+                    slot = picker.pick(now, True)
+                    picker.set_weight(exclude.slot, 0 if exclude.drained else exclude.weight)
+                else:
+                    picker.set_eligible(exclude.slot, False, now, 0.0)
+                    slot = picker.pick(now, False)
+                    picker.set_eligible(exclude.slot, exclude.eligible(now), now, 0.0)
                 if slot < 0:
                     slot = picker.pick(now, self.panic)
             else:
