@@ -14,6 +14,9 @@ callback after it.
 """
 
 import asyncio
+import logging
+
+log = logging.getLogger("lb.proxy")
 
 
 class Writer:
@@ -68,4 +71,11 @@ class Outbox:
         writers = self._writers
         self._writers = []
         for w in writers:
-            w.flush()
+            try:
+                w.flush()
+            except Exception:
+                # One broken connection must not strand the output of the others.
+                log.exception("sending a connection's output failed; closing it")
+                w.discard_output()
+                if w.transport is not None:
+                    w.transport.abort()
