@@ -3,7 +3,7 @@ call per connection, and one broken connection cannot keep the others' output ba
 
 import asyncio
 
-from lb.proxy.outbox import Outbox, Writer
+from lb.proxy.outbox import WRITE_THROUGH, Outbox, Writer
 
 
 class Transport:
@@ -67,3 +67,17 @@ async def test_a_failing_connection_does_not_hold_back_the_others() -> None:
     await asyncio.sleep(0)
     assert bad.aborted
     assert good.sent == [b"y"]
+
+
+async def test_a_large_write_goes_through_at_once() -> None:
+    """Streamed bodies meet the transport's flow control as soon as they would without the
+    outbox: nothing from WRITE_THROUGH bytes on waits for the end of the iteration."""
+    outbox = Outbox(asyncio.get_running_loop())
+    t = Transport()
+    w = writer(outbox, t)
+    w.write(b"head")
+    w.write(b"b" * WRITE_THROUGH)
+    assert t.sent == [b"head" + b"b" * WRITE_THROUGH]
+    w.write(b"tail")
+    await asyncio.sleep(0)
+    assert t.sent[1:] == [b"tail"]

@@ -6,6 +6,7 @@ cdef class Outbox
 
 cdef class Writer:
     cdef public list _out
+    cdef public Py_ssize_t _out_bytes
     cdef public Outbox outbox
     cdef public object transport
 

@@ -10,30 +10,37 @@ in an iteration (an interim response and the final one, pipelined answers) also 
 system call.
 
 Nothing waits longer than the rest of the current iteration: the flush is the first ready
-callback after it.
+callback after it. Output that reaches WRITE_THROUGH bytes goes out at once instead, so a
+streamed body meets the transport's flow control (pause_writing) as soon as it would have
+without the outbox, and what one connection holds here stays small.
 """
 
 import asyncio
 import logging
 
 log = logging.getLogger("lb.proxy")
+WRITE_THROUGH = 64 * 1024
 
 
 class Writer:
     """The sending half of a connection Protocol (client side and backend side)."""
 
-    __slots__ = ("_out", "outbox", "transport")
+    __slots__ = ("_out", "_out_bytes", "outbox", "transport")
 
     def __init__(self, outbox: "Outbox") -> None:
         self.outbox = outbox
         self.transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
+        self._out_bytes = 0
 
     def write(self, data: bytes) -> None:
         out = self._out
         if not out:
             self.outbox.add(self)
         out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= WRITE_THROUGH:
+            self.flush()
 
     def flush(self) -> None:
         out = self._out
@@ -41,6 +48,7 @@ class Writer:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
+        self._out_bytes = 0
         t = self.transport
         if t is not None and not t.is_closing():
             t.write(data)
@@ -48,6 +56,7 @@ class Writer:
     def discard_output(self) -> None:
         """For an abort: what was not sent yet never will be."""
         self._out.clear()
+        self._out_bytes = 0
 
 
 class Outbox:
