@@ -176,7 +176,7 @@ class Metrics(Recorder):
         totals: dict[str, list[int]] = {}
         for ss in self.services.values():
             for bs in (*ss.backends.values(), ss.retired):
-                for (route, status, _), n in bs.codes.items():
+                for (route, status, _), n in bs.codes().items():
                     t = totals.get(route)
                     if t is None:
                         t = totals[route] = [0, 0]
@@ -271,18 +271,19 @@ class Exposition(Collector):
             labels=["service", "backend"],
         )
         for ss in m.services.values():
-            _drop_dead_routes(ss.retired.codes, live)
-            other: dict[tuple[str, int, str], int] = dict(ss.retired.codes)
+            ss.retired.drop_routes(live)
+            other = ss.retired.codes()
             up_count, up_sum = ss.retired.upstream_count, ss.retired.upstream_sum
             for bs in ss.backends.values():
-                _drop_dead_routes(bs.codes, live)
+                bs.drop_routes(live)
+                codes = bs.codes()
                 if bs.label == OTHER:
-                    for k, n in bs.codes.items():
+                    for k, n in codes.items():
                         other[k] = other.get(k, 0) + n
                     up_count += bs.upstream_count
                     up_sum += bs.upstream_sum
                     continue
-                for (route, code, method), n in bs.codes.items():
+                for (route, code, method), n in codes.items():
                     requests.add_metric([route, ss.name, bs.label, str(code), method], n)
                 if bs.upstream_count:
                     upstream.add_metric([ss.name, bs.label], bs.upstream_count, bs.upstream_sum)
@@ -500,13 +501,6 @@ class Exposition(Collector):
 
 
 _WARNED: set[str] = set()
-
-
-def _drop_dead_routes(codes: dict[tuple[str, int, str], int], live: set[str]) -> None:
-    """Routes removed by a reload take their series with them."""
-    dead = [k for k in codes if k[0] not in live]
-    for k in dead:
-        del codes[k]
 
 
 class _View:

@@ -12,7 +12,14 @@ cdef class Histogram:
 
 
 @cython.final
+cdef class Count:
+    cdef public tuple key
+    cdef public long long n
+
+
+@cython.final
 cdef class RouteStats:
+    cdef public long index
     cdef public str name
     cdef public dict durations
     cdef public dict retries
@@ -22,7 +29,7 @@ cdef class RouteStats:
 @cython.final
 cdef class BackendStats:
     cdef public object backend
-    cdef public dict codes
+    cdef public dict cells
     cdef public long long errors
     cdef public dict failures
     cdef public str label
@@ -47,9 +54,10 @@ cdef class Recorder:
     cdef public RouteStats no_route
     cdef public dict services
     cdef public dict refused
+    cdef public long _route_ids
 
     @cython.locals(
-        rs=RouteStats, ss=ServiceStats, bs=BackendStats, h=Histogram, codes=dict,
-        now=double, t=double, d=double, status=long,
+        rs=RouteStats, ss=ServiceStats, bs=BackendStats, h=Histogram, count=Count,
+        now=double, t=double, d=double, status=long, method=long, key=cython.longlong,
     )
     cpdef record(self, Exchange ex, bint ok)

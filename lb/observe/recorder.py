@@ -18,11 +18,10 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 _LE = (*(repr(b) for b in BUCKETS), "+Inf")
 
 # Methods outside this set come from clients and would make the label unbounded.
-METHODS = {
-    m.encode(): m
-    for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
-}
-OTHER_METHOD = "OTHER"
+METHOD_NAMES = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+_METHOD_INDEX = {m.encode(): i for i, m in enumerate(METHOD_NAMES)}
+_OTHER_INDEX = len(METHOD_NAMES)
+_METHOD_LABELS = (*METHOD_NAMES, "OTHER")
 OTHER = "other"  # the folded backend label
 
 
@@ -41,11 +40,22 @@ class Histogram:
         return out
 
 
-class RouteStats:
-    __slots__ = ("durations", "failures", "name", "retries")
+class Count:
+    """One request counter, incremented in place: counting makes no int object."""
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("key", "n")
+
+    def __init__(self, key: tuple[str, int, str], n: int = 0) -> None:
+        self.key = key  # (route, status, method): the labels it is exported with
+        self.n = n
+
+
+class RouteStats:
+    __slots__ = ("durations", "failures", "index", "name", "retries")
+
+    def __init__(self, name: str, index: int) -> None:
         self.name = name
+        self.index = index  # unique per RouteStats, part of the int keys of BackendStats.cells
         self.durations: dict[str, Histogram] = {}  # by service name ("" when none)
         self.retries: dict[str, int] = {}  # by service name
         self.failures: dict[tuple[str, str], int] = {}  # (service, failure kind)
@@ -57,7 +67,7 @@ class BackendStats:
 
     __slots__ = (
         "backend",
-        "codes",
+        "cells",
         "errors",
         "failures",
         "label",
@@ -71,7 +81,9 @@ class BackendStats:
     def __init__(self, name: str, label: str) -> None:
         self.name = name
         self.label = label
-        self.codes: dict[tuple[str, int, str], int] = {}  # (route, status, method) -> count
+        # Request counts by route, status and method, under one int key made of all three (see
+        # Recorder.record): finding the counter allocates nothing and hashes one int.
+        self.cells: dict[int, Count] = {}
         self.requests = 0
         self.errors = 0  # 5xx answers and exchanges that failed, client departures aside
         self.upstream_count = 0
@@ -80,9 +92,27 @@ class BackendStats:
         self.seen: dict[tuple[str, ...], int] = {}
         self.backend: Any = None
 
+    def codes(self) -> dict[tuple[str, int, str], int]:
+        """(route, status, method) -> requests, for scrapes and the admin API."""
+        out: dict[tuple[str, int, str], int] = {}
+        for c in self.cells.values():
+            # Two counts share a key when a route was removed and added again by reloads.
+            out[c.key] = out.get(c.key, 0) + c.n
+        return out
+
+    def drop_routes(self, live: set[str]) -> None:
+        """Routes removed by a reload take their series with them."""
+        if any(c.key[0] not in live for c in self.cells.values()):
+            self.cells = {k: c for k, c in self.cells.items() if c.key[0] in live}
+
     def absorb(self, other: "BackendStats") -> None:
+        for k, c in other.cells.items():
+            mine = self.cells.get(k)
+            if mine is None:
+                self.cells[k] = Count(c.key, c.n)
+            else:
+                mine.n += c.n
         for d, src in (
-            (self.codes, other.codes),
             (self.failures, other.failures),
             (self.seen, other.seen),
         ):
@@ -110,7 +140,8 @@ class Recorder:
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
         self.routes: dict[str, RouteStats] = {}
-        self.no_route = RouteStats("")
+        self.no_route = RouteStats("", 0)
+        self._route_ids = 1
         self.services: dict[str, ServiceStats] = {}
         self.refused: dict[tuple[str, int], int] = {}
 
@@ -132,9 +163,12 @@ class Recorder:
         if bs is None:
             bs = self._backend(ss, ex.upstream_name)
         status = ex.status
-        key = (rs.name, status, METHODS.get(ex.method, OTHER_METHOD))
-        codes = bs.codes
-        codes[key] = codes.get(key, 0) + 1
+        method = _METHOD_INDEX.get(ex.method, _OTHER_INDEX)
+        key = (rs.index * 1000 + status) * 16 + method
+        count = bs.cells.get(key)
+        if count is None:
+            count = bs.cells[key] = Count((rs.name, status, _METHOD_LABELS[method]))
+        count.n += 1
         bs.requests += 1
         failure = ex.failure
         if failure:
@@ -171,7 +205,8 @@ class Recorder:
         # Routes are recompiled on reload; the counts live on by name.
         rs = self.routes.get(route.name)
         if rs is None:
-            rs = self.routes[route.name] = RouteStats(route.name)
+            rs = self.routes[route.name] = RouteStats(route.name, self._route_ids)
+            self._route_ids += 1
         route.stats = rs
         return rs
 

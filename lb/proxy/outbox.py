@@ -5,9 +5,8 @@ lb has them, a loop iteration's responses and forwarded requests go out one by o
 the reads that produce them, and the peers (clients, backends) are woken as many times, each
 from sleep; sent together after the iteration's reads, they wake peers that are mostly awake
 already. On the standard benchmark (README) this took lb's kernel time per request from
-about 14.2 µs to 12.4 µs, and its p99 latency down with it. Several writes to one connection
-in an iteration (an interim response and the final one, pipelined answers) also become one
-system call.
+about 14.2 µs to 12.4 µs. Several writes to one connection in an iteration (an interim
+response and the final one, pipelined answers) also become one system call.
 
 Nothing waits longer than the rest of the current iteration: the flush is the first ready
 callback after it. Output that reaches WRITE_THROUGH bytes goes out at once instead, so a
