@@ -2,10 +2,10 @@
 """The standard proxy benchmark: lb against HAProxy and NGINX on the same pinned cores.
 
 Method: /work/shared/perf-method.md. Two NGINX backends and wrk share one core, the proxy
-under test gets another, rounds are interleaved (A B C A B C ...) and every figure that matters
-is a ratio against HAProxy measured in the same round, because these machines are shared and
-noisy. CPU microseconds per request of the proxy process tree (from /proc/PID/stat) is the
-steadier figure.
+under test gets another, rounds are interleaved (A B C A B C ...), each round on freshly
+started proxies, and every figure that matters is a ratio against HAProxy measured in the same
+round, because these machines are shared and noisy. CPU microseconds per request of the proxy
+process tree (from /proc/PID/stat) is the steadier figure.
 
 Usage:
     .venv/bin/python bench/run.py [--rounds 3] [--duration 10] [--connections 64,1000]
@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -731,14 +731,26 @@ def measure(
 
 
 def run_rounds(
-    bench: Bench, running: list[Running], layout: Layout, wrk_threads: int, errors: dict[str, str]
+    bench: Bench,
+    running: list[Running],
+    layout: Layout,
+    wrk_threads: int,
+    errors: dict[str, str],
+    restart: Callable[[Running, int], Running],
 ) -> dict[int, dict[str, list[dict[str, Any] | None]]]:
-    """conns -> proxy -> per-round results (None where that run failed), rounds interleaved."""
+    """conns -> proxy -> per-round results (None where that run failed), rounds interleaved.
+
+    Every round after the first runs on freshly started proxies: a process's memory layout
+    (allocation addresses, hash seeds) shifts its speed by a few percent for its whole life,
+    which would otherwise bias every round alike and decide close ratios such as metrics
+    on/off."""
     args = bench.args
     runs: dict[int, dict[str, list[dict[str, Any] | None]]] = {
         c: {r.spec.name: [] for r in running} for c in args.connections
     }
     for rnd in range(1, args.rounds + 1):
+        if rnd > 1:
+            running = [restart(p, rnd) if p.spec.name not in errors else p for p in running]
         for conns in args.connections:
             for proxy in running:
                 name = proxy.spec.name
@@ -1047,7 +1059,17 @@ def run_phase(
             else:
                 running.append(started)
                 print(f"{spec.name}: ready on :{started.port}, cpus {cpu_list(spec.cpus)}")
-        runs = run_rounds(bench, running, layout, wrk_threads, errors) if running else {}
+
+        def restart(proxy: Running, rnd: int) -> Running:
+            """The same proxy as a new process; the old one, marked failed, if it won't start."""
+            bench.procs.stop(proxy.proc)
+            again = start_proxy(bench, proxy.spec, backends, f"{tag}r{rnd}-")
+            if isinstance(again, str):
+                errors[proxy.spec.name] = f"failed to restart for round {rnd}\n{again}"
+                return proxy
+            return again
+
+        runs = run_rounds(bench, running, layout, wrk_threads, errors, restart) if running else {}
     shapes: dict[str, dict[str, dict[str, Any]]] = {}
     for conns in bench.args.connections:
         proxy_runs = runs.get(conns, {})
