@@ -101,20 +101,19 @@ class PolicyHeaders:
         return out
 
 
-class LocalLimiter:
-    """Per-key GCRA limiter for one process. Not thread-safe; one event loop owns it."""
+class GcraLimit:
+    """One limit's GCRA figures, from `rate` per `period` plus `burst`, and the header fields
+    that announce it. The in-process, worker-shared and Redis limiters all derive from it, so
+    they validate alike and admit alike."""
 
-    def __init__(self, rate: float, period: float, burst: int, *, max_keys: int = 100_000) -> None:
+    def __init__(self, rate: float, period: float, burst: int) -> None:
         if rate <= 0 or period <= 0:
             raise ValueError("rate and period must be positive")
         if burst < 0:
             raise ValueError("burst must not be negative")
-        if max_keys < 1:
-            raise ValueError("max_keys must be at least 1")
         self.rate = rate
         self.period = period
         self.burst = burst
-        self.max_keys = max_keys
         self.interval = period / rate  # seconds one request of cost 1 adds to a key's TAT
         self.limit = max(1, int(rate + burst))
         self.tolerance = self.limit * self.interval
@@ -122,10 +121,24 @@ class LocalLimiter:
         # of a burst can be rejected by a rounding error. A thousandth of an interval is far
         # above float noise and far below anything a client could exploit.
         self._slack = self.interval * 1e-3
+        self._headers = PolicyHeaders(rate, period)
+
+    def headers(self, decision: Decision, policy_name: str) -> list[tuple[bytes, bytes]]:
+        """Response header fields for `decision`; Retry-After is added on rejection."""
+        return self._headers.build(decision, policy_name)
+
+
+class LocalLimiter(GcraLimit):
+    """Per-key GCRA limiter for one process. Not thread-safe; one event loop owns it."""
+
+    def __init__(self, rate: float, period: float, burst: int, *, max_keys: int = 100_000) -> None:
+        super().__init__(rate, period, burst)
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.max_keys = max_keys
         self._tats: OrderedDict[Hashable, float] = OrderedDict()
         self._overflow_tat = -math.inf
         self.overflowed = 0  # checks judged against the shared overflow bucket
-        self._headers = PolicyHeaders(rate, period)
 
     def __len__(self) -> int:
         return len(self._tats)
@@ -190,7 +203,3 @@ class LocalLimiter:
             elif full:
                 return True
         return len(tats) < self.max_keys
-
-    def headers(self, decision: Decision, policy_name: str) -> list[tuple[bytes, bytes]]:
-        """Response header fields for `decision`; Retry-After is added on rejection."""
-        return self._headers.build(decision, policy_name)

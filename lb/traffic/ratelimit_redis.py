@@ -30,7 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
-from lb.traffic.ratelimit import Decision, LocalLimiter, PolicyHeaders
+from lb.traffic.ratelimit import Decision, GcraLimit, LocalLimiter
 
 FailurePolicy = Literal["local", "allow", "deny"]
 
@@ -71,7 +71,7 @@ def client_for(url: str, timeout: float) -> Redis:
     )
 
 
-class RedisLimiter:
+class RedisLimiter(GcraLimit):
     """GCRA limiter whose state lives in Redis, with an explicit policy for Redis failures."""
 
     def __init__(
@@ -90,16 +90,13 @@ class RedisLimiter:
     ) -> None:
         if failure_policy not in ("local", "allow", "deny"):
             raise ValueError(f"failure_policy must be local, allow or deny: {failure_policy!r}")
-        # The same validation and the same derived figures as the local limiter.
-        shape = LocalLimiter(rate, period, burst, max_keys=1)
-        self.limit = shape.limit
+        super().__init__(rate, period, burst)
         self.prefix = prefix
         self.timeout = timeout
         self.failure_policy: FailurePolicy = failure_policy
         self.local = local if local is not None else LocalLimiter(rate, period, burst)
         self.retry_interval = retry_interval
-        self._args = (repr(shape.interval * 1e6), repr(shape.tolerance * 1e6))
-        self._headers = PolicyHeaders(rate, period)
+        self._args = (repr(self.interval * 1e6), repr(self.tolerance * 1e6))
         self._allow = Decision(True, self.limit, self.limit, 0.0, 0.0)
         self._deny = Decision(False, self.limit, 0, 1.0, 1.0)
         self._owns_client = client is None
@@ -139,10 +136,6 @@ class RedisLimiter:
         if self.failure_policy == "local":
             return self.local.check(key, now, cost)
         return self._allow if self.failure_policy == "allow" else self._deny
-
-    def headers(self, decision: Decision, policy_name: str) -> list[tuple[bytes, bytes]]:
-        """Response header fields for `decision`; Retry-After is added on rejection."""
-        return self._headers.build(decision, policy_name)
 
     async def close(self) -> None:
         """Close the client, unless it was given (shared clients belong to their owner)."""

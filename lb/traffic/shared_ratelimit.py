@@ -11,28 +11,17 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from ..shm import SharedGcra, active_segment
-from .ratelimit import Decision, LocalLimiter, PolicyHeaders
+from .ratelimit import Decision, GcraLimit, LocalLimiter
 
 
-class SharedLimiter:
+class SharedLimiter(GcraLimit):
     """`LocalLimiter`'s interface with its state in the shared segment. Keys are hashed with
     `hash()`, which agrees across workers because they share PYTHONHASHSEED; the segment's
     table, not `max_keys`, bounds the keys held."""
 
     def __init__(self, gcra: SharedGcra, rate: float, period: float, burst: int) -> None:
-        if rate <= 0 or period <= 0:
-            raise ValueError("rate and period must be positive")
-        if burst < 0:
-            raise ValueError("burst must not be negative")
+        super().__init__(rate, period, burst)
         self.gcra = gcra
-        self.rate = rate
-        self.period = period
-        self.burst = burst
-        self.interval = period / rate
-        self.limit = max(1, int(rate + burst))
-        self.tolerance = self.limit * self.interval
-        self._slack = self.interval * 1e-3  # as LocalLimiter: rounding never refuses a request
-        self._headers = PolicyHeaders(rate, period)
 
     @property
     def overflowed(self) -> int:
@@ -51,9 +40,6 @@ class SharedLimiter:
 
     def allow(self, key: Hashable, now: float) -> bool:
         return self.gcra.check(hash(key), now, self.interval, self.tolerance, self._slack)[0]
-
-    def headers(self, decision: Decision, policy_name: str) -> list[tuple[bytes, bytes]]:
-        return self._headers.build(decision, policy_name)
 
 
 def local_limiter(
