@@ -75,6 +75,7 @@ async def measure(n: int, rounds: int, prof: bool, metrics: bool) -> tuple[str, 
     import lb.compiled
     from lb.config import load
     from lb.observe.metrics import Metrics
+    from lb.proxy.accept import Descriptors
     from lb.proxy.upstream import UpstreamConnection
     from lb.runtime import ListenerRuntime, Runtime
 
@@ -85,7 +86,7 @@ async def measure(n: int, rounds: int, prof: bool, metrics: bool) -> tuple[str, 
         loaded = load(f.name)
     finally:
         os.unlink(f.name)
-    rt = Runtime(loaded, loop)
+    rt = Runtime(loaded, loop, Descriptors(1 << 20))
     if metrics:
         rt.observers.append(Metrics(rt))  # as `lb run` attaches it with metrics on
     lr = ListenerRuntime(rt, loaded.config.listeners[0], loop)

@@ -6,6 +6,7 @@ the Route object they hold, new ones see the new table.
 """
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -13,8 +14,11 @@ from typing import Any
 
 from .balancer.service import Service, static_specs
 from .config import Loaded, model
+from .observe.metrics import Counters
+from .proxy.accept import Descriptors
 from .proxy.downstream import ClientConnection
 from .proxy.outbox import Outbox
+from .proxy.tls import TlsSwitch
 from .routing.route import Route, compile_route
 from .routing.table import RouteTable
 
@@ -36,8 +40,7 @@ class ListenerRuntime:
     ) -> None:
         self.runtime = runtime
         self.loop = loop
-        self.server: asyncio.base_events.Server | None = None
-        self.tls: Any = None  # TlsSwitch for TLS listeners
+        self.tls: TlsSwitch | None = None
         self.connections: set[ClientConnection] = set()
         self.tunnels: set[Any] = set()
         self.accepted = 0
@@ -60,12 +63,28 @@ class ListenerRuntime:
                 model.Route(name=f"{cfg.name}:https-redirect", redirect=redirect), 0
             )
 
+    def accept(self, sock: socket.socket) -> None:
+        """A connection the listener's Acceptor took (and counted in `runtime.descriptors`)."""
+        self.loop.create_task(self._start(sock, self.tls.root if self.tls is not None else None))
+
+    async def _start(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
+        conn = ClientConnection(self)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await self.loop.connect_accepted_socket(lambda: conn, sock, ssl=tls)
+        except (Exception, asyncio.CancelledError):
+            # A failed TLS handshake, say; the transport closed the socket. A connection that
+            # started gives its descriptor back when it closes, one that did not, here.
+            if conn.transport is None:
+                self.runtime.descriptors.release()
+
     def opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
         self.accepted += 1
 
     def closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
+        self.runtime.descriptors.release()
 
     def tunnel_idle(self, ex: Any) -> float:
         route = ex.route
@@ -74,13 +93,14 @@ class ListenerRuntime:
         svc = ex.service
         return float(svc.config.timeouts.idle) if svc is not None else 60.0
 
-    def protocol(self) -> ClientConnection:
-        return ClientConnection(self)
-
 
 class Runtime:
-    def __init__(self, loaded: Loaded, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loaded: Loaded, loop: asyncio.AbstractEventLoop, descriptors: Descriptors
+    ) -> None:
         self.loop = loop
+        self.descriptors = descriptors
+        self.counters = Counters()  # the plain counters every subsystem adds to
         self.outbox = Outbox(loop)  # what the connections write, sent once per loop iteration
         self.loaded = loaded
         self.config = loaded.config

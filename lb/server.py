@@ -3,7 +3,6 @@
 import asyncio
 import logging
 import signal
-import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -13,16 +12,13 @@ from .admin.app import AdminServer
 from .config import ConfigError, Loaded, load
 from .config.watch import ConfigWatcher, signature
 from .discovery.manager import install as install_discovery
+from .listeners import ListenerPlan, prepare_listeners
 from .observe import install as install_observability
-from .proxy.tls import TlsSwitch
+from .proxy.accept import Acceptor, Descriptors, raise_descriptor_limit
 from .runtime import ListenerRuntime, Runtime
 from .traffic.control import install as install_traffic_control
 
 log = logging.getLogger("lb")
-
-
-def listener_tls(cfg: Any) -> TlsSwitch | None:
-    return TlsSwitch(cfg.tls) if cfg.tls is not None else None
 
 
 class Server:
@@ -38,8 +34,12 @@ class Server:
         # What the files looked like when last read: the watcher reloads when they change.
         self.config_signature = signature(config_path)
         self.loop = asyncio.get_running_loop()
-        self.runtime = Runtime(loaded, self.loop)
+        self.runtime = Runtime(loaded, self.loop, Descriptors(raise_descriptor_limit()))
         self.reuse_port = reuse_port
+        # One per listening address, kept across reloads while some listener binds there.
+        self.acceptors: dict[tuple[str, int], Acceptor] = {}
+        # Listeners a reload removed, until their last connection has closed.
+        self.retired: list[ListenerRuntime] = []
         self.stopping = asyncio.Event()
         self.reload_lock = asyncio.Lock()
         self.admin: Any = None
@@ -64,25 +64,46 @@ class Server:
         await self.admin.start()
         for ext in self.extensions:
             await ext.start()
-        for cfg in self.runtime.config.listeners:
-            await self._bind(cfg)
+        self._serve_listeners(await self._prepare_listeners(self.runtime.config.listeners))
 
-    async def _bind(self, cfg: Any) -> None:
-        lr = ListenerRuntime(self.runtime, cfg, self.loop)
-        host, port = cfg.bind
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(4096)
-        sock.setblocking(False)
-        lr.tls = listener_tls(cfg)
-        lr.server = await self.loop.create_server(
-            lr.protocol, sock=sock, ssl=lr.tls.root if lr.tls else None, backlog=4096
+    async def _prepare_listeners(self, configs: list[Any]) -> ListenerPlan:
+        descriptors = self.runtime.descriptors
+        errors = self.runtime.counters["accept_errors"]
+        return await prepare_listeners(
+            configs,
+            self.acceptors,
+            lambda sock: Acceptor(sock, self.loop, descriptors, errors),
+            self.reuse_port,
         )
-        self.runtime.listeners[cfg.name] = lr
-        log.info("listening on %s:%d (%s)", host, port, cfg.name)
+
+    def _serve_listeners(self, plan: ListenerPlan) -> None:
+        """Switch to the prepared listeners: new sockets accept first, then the sockets no
+        listener binds any more close; connections already open carry on where they are."""
+        runtime = self.runtime
+        listeners: dict[str, ListenerRuntime] = {}
+        for cfg in plan.configs:
+            lr = runtime.listeners.get(cfg.name)
+            if lr is None:
+                lr = ListenerRuntime(runtime, cfg, self.loop)
+            else:
+                lr.configure(cfg)
+            lr.tls = plan.tls[cfg.name]
+            listeners[cfg.name] = lr
+        for cfg in plan.configs:
+            lr = listeners[cfg.name]
+            plan.acceptors[cfg.bind].serve(cfg.name, lr.accept)
+            if cfg.bind in plan.bound:
+                log.info("listening on %s:%d (%s)", cfg.bind[0], cfg.bind[1], cfg.name)
+        for name, lr in runtime.listeners.items():
+            if name not in listeners and lr.connections:
+                self.retired.append(lr)
+        self.retired = [lr for lr in self.retired if lr.connections]
+        runtime.listeners = listeners
+        for address, acceptor in self.acceptors.items():
+            if address not in plan.acceptors:
+                acceptor.close()
+                log.info("stopped listening on %s:%d", *address)
+        self.acceptors = plan.acceptors
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -132,31 +153,15 @@ class Server:
             return True, []
 
     async def _apply(self, loaded: Loaded) -> None:
-        old = {c.name: c for c in self.runtime.config.listeners}
-        new = {c.name: c for c in loaded.config.listeners}
-        added = [c for n, c in new.items() if n not in old or old[n].bind != c.bind]
-        kept = {n: c for n, c in new.items() if n in old and old[n].bind == c.bind}
-        # Certificates load before anything changes: a bad one refuses the whole reload.
-        switches = {n: TlsSwitch(c.tls) for n, c in kept.items() if c.tls is not None}
-        for n, c in kept.items():
-            lr = self.runtime.listeners[n]
-            if (c.tls is None) != (lr.tls is None):
-                raise ValueError(
-                    f"listener {n}: TLS cannot be switched on or off in place; "
-                    "change its bind address too"
-                )
-        self.runtime.apply(loaded)
-        for name, cfg in kept.items():
-            lr = self.runtime.listeners[name]
-            lr.configure(cfg)
-            if name in switches and lr.tls is not None:
-                lr.tls.current = switches[name].current
-        for name in [n for n in old if n not in new or old[n].bind != new[n].bind]:
-            lr = self.runtime.listeners.pop(name, None)
-            if lr is not None and lr.server is not None:
-                lr.server.close()  # stop accepting; open connections finish on their own
-        for cfg in added:
-            await self._bind(cfg)
+        """Everything that can fail (binding sockets, loading certificates, opening log
+        files) is prepared first: a failure there changes nothing and closes what it made."""
+        plan = await self._prepare_listeners(loaded.config.listeners)
+        try:
+            self.runtime.apply(loaded)
+        except BaseException:
+            plan.discard()
+            raise
+        self._serve_listeners(plan)
         for ext in self.extensions:
             await ext.reconfigure()
 
@@ -172,11 +177,11 @@ class Server:
         for ext in self.extensions:
             await ext.stop()
         drain = max((c.timeouts.drain for c in self.runtime.config.listeners), default=0)
-        for lr in self.runtime.listeners.values():
-            if lr.server is not None:
-                lr.server.close()
+        for acceptor in self.acceptors.values():
+            acceptor.close()
+        self.acceptors = {}
         deadline = self.loop.time() + drain
-        listeners = list(self.runtime.listeners.values())
+        listeners = [*self.runtime.listeners.values(), *self.retired]
         while self.loop.time() < deadline:
             for lr in listeners:
                 for conn in list(lr.connections):
@@ -186,7 +191,7 @@ class Server:
             if not any(lr.connections for lr in listeners):
                 break
             await asyncio.sleep(0.05)
-        for lr in self.runtime.listeners.values():
+        for lr in listeners:
             for conn in list(lr.connections):
                 conn.abort()
             for tunnel in list(lr.tunnels):

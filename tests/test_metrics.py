@@ -169,12 +169,13 @@ async def test_in_flight_gauges_during_a_slow_request(tmp_path):
 
 async def test_backend_state_failures_and_drain(tmp_path):
     dead = free_port()  # nothing listens here
+    no_retries = ROUTES.replace("service: app\n", "service: app\n    retries: {attempts: 1}\n")
     async with backends(1) as bes:
         text_yaml = lb_yaml(
             [bes[0].address, f"127.0.0.1:{dead}"],
             port=free_port(),
             admin_port=free_port(),
-            routes=ROUTES,
+            routes=no_retries,
         )
         async with running_lb(tmp_path, text_yaml) as lb:
             c = await Client.connect(lb.port)

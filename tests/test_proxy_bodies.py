@@ -85,12 +85,14 @@ async def test_head_204_304_have_no_body(tmp_path):
         assert bes[0].connections == 1
 
 
-async def test_expect_100_continue(tmp_path):
+async def test_expect_100_continue_is_answered_by_lb(tmp_path):
+    """lb says 100 itself once it forwards: behind a backend that never does, the upload
+    does not wait for the client's expect timeout, and the Expect header stays with lb."""
+    heads: list[bytes] = []
+
     async def handler(be, reader, writer):
         head = await reader.readuntil(b"\r\n\r\n")
-        assert b"expect: 100-continue" in head.lower()
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        await writer.drain()
+        heads.append(head.lower())
         body = await reader.readexactly(5)
         writer.write(ok_response(b"got " + body))
         await writer.drain()
@@ -100,11 +102,39 @@ async def test_expect_100_continue(tmp_path):
         r, w = await asyncio.open_connection("127.0.0.1", lb.port)
         w.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
         interim = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
-        assert interim.startswith(b"HTTP/1.1 100")
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         w.write(b"hello")
         resp = await read_response(r)
         assert resp.body == b"got hello"
+        assert b"expect" not in heads[0]
         w.close()
+
+
+async def test_expect_refusals_come_before_the_body(tmp_path):
+    """413, 417 and 429 answer the head at once: the client never sends a body for them."""
+    routes = (
+        "routes:\n  - name: limited\n    match: {path: {prefix: /limited}}\n    service: app\n"
+        "    rate_limit: {rate: 1/m, burst: 0}\n"
+        "  - name: all\n    match: {path: {prefix: /}}\n    service: app\n    max_body_size: 10\n"
+    )
+    async with backends(1) as bes, lb_for(tmp_path, bes, routes=routes) as lb:
+        cases = [
+            (b"/big", b"expect: 100-continue\r\ncontent-length: 11\r\n", 413),
+            (b"/", b"expect: something-else\r\ncontent-length: 5\r\n", 417),
+            (b"/limited", b"expect: 100-continue\r\ncontent-length: 5\r\n", 200),
+            (b"/limited", b"expect: 100-continue\r\ncontent-length: 5\r\n", 429),
+        ]
+        for path, headers, status in cases:
+            r, w = await asyncio.open_connection("127.0.0.1", lb.port)
+            w.write(b"POST " + path + b" HTTP/1.1\r\nhost: x\r\n" + headers + b"\r\n")
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+            if status == 200:
+                assert head.startswith(b"HTTP/1.1 100 ")
+                w.write(b"hello")
+                head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 %d " % status), (path, head)
+            w.close()
+        assert len(bes[0].seen) == 1
 
 
 async def test_interim_1xx_relayed(tmp_path):

@@ -121,6 +121,14 @@ def test_budget_scales_with_active_requests() -> None:
     assert b.active == 20
 
 
+def test_budget_floor_absorbs_one_backends_share() -> None:
+    # 16 in flight over three equal backends: one crash needs 6 retries at once, more than
+    # 20% (3.2) or the minimum (3) would allow.
+    b = RetryBudget(percent=20.0, min_retry_concurrency=3)
+    assert sum(b.try_acquire(16, floor=6) for _ in range(10)) == 6
+    assert b.exhausted == 4
+
+
 def test_budget_release_is_clamped() -> None:
     b = RetryBudget()
     b.release()

@@ -1,6 +1,7 @@
 """Retries through the proxy: connect failures to another backend, resets, statuses for
 idempotent methods only, the retry budget, per-try timeouts, and never a body lb let go of."""
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +64,39 @@ async def test_status_is_retried_for_get_not_post(tmp_path: Path) -> None:
         assert r.status == 500
 
 
-async def test_retry_budget(tmp_path: Path) -> None:
-    async with faulty("a", "b") as (a, b):
-        await a.refuse()
-        routes = retrying("on: [connect-failure], budget_percent: 0, min_retry_concurrency: 0")
-        async with lb_for(tmp_path, [a, b], routes=routes) as lb:
-            statuses = [(await get(lb)).status for _ in range(4)]
+async def test_retry_budget_bounds_a_retry_storm(tmp_path: Path) -> None:
+    """Most of the traffic failing: the budget allows one backend's share of the active
+    requests and refuses the rest, each refusal a 502 counted as exhausted."""
+    async with faulty("a", "b", "c") as (a, b, c):
+        a.mode = b.mode = "reset"
+        c.mode, c.delay = "slow", 0.3
+        routes = retrying("on: [reset], budget_percent: 0, min_retry_concurrency: 0")
+        async with lb_for(tmp_path, [a, b, c], routes=routes) as lb:
+            statuses = [r.status for r in await asyncio.gather(*(get(lb) for _ in range(24)))]
             retry = lb.server.runtime.table.by_name["all"].retry
-            assert statuses.count(502) == retry.budget.exhausted >= 1
+            assert statuses.count(502) >= retry.budget.exhausted >= 1
             assert lb.server.runtime.counters["retry_budget_exhausted"][("all",)] >= 1
-        routes = retrying("on: [connect-failure], budget_percent: 0, min_retry_concurrency: 1")
+            assert retry.budget.active == 0  # every retry gave its slot back
+        b.mode = "ok"
+        routes = retrying("on: [reset], budget_percent: 0, min_retry_concurrency: 1")
         async with lb_for(tmp_path, [a, b], routes=routes) as lb:
             assert [(await get(lb)).status for _ in range(4)] == [200] * 4
             retry = lb.server.runtime.table.by_name["all"].retry
             assert retry.budget.exhausted == 0
-            assert retry.budget.active == 0  # every retry gave its slot back
+            assert retry.budget.active == 0
+
+
+async def test_connect_failures_are_retried_outside_the_budget(tmp_path: Path) -> None:
+    """A refused connection never reached a backend: its retry adds no load, so even a budget
+    of nothing lets it through, at once (no backoff)."""
+    async with faulty("a", "b") as (a, b):
+        await a.refuse()
+        routes = retrying("on: [connect-failure], budget_percent: 0, min_retry_concurrency: 0")
+        async with lb_for(tmp_path, [a, b], routes=routes) as lb:
+            statuses = [r.status for r in await asyncio.gather(*(get(lb) for _ in range(8)))]
+            assert statuses == [200] * 8
+            assert backend_of(lb, a).failures >= 1
+            assert lb.server.runtime.table.by_name["all"].retry.budget.exhausted == 0
 
 
 async def test_per_try_timeout_moves_on_to_the_next_backend(tmp_path: Path) -> None:

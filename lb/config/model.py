@@ -263,7 +263,9 @@ class CircuitBreaker:
     max_connections: Positive = 1024
     max_pending: Positive = 1024
     max_requests: Positive = 1024
-    max_retries: NonNegative = 3
+    # Concurrent retries; None: the routes' retry budgets decide (Envoy ignores max_retries
+    # once a budget is set: a fixed 3 turns one lost backend into errors).
+    max_retries: NonNegative | None = None
     failure_ratio: Annotated[float, Check(lambda v: 0 < v <= 1, "a ratio in (0, 1]")] = 0.5
     min_requests: Positive = 20
     window: Duration = 10.0

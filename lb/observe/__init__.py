@@ -17,7 +17,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from ..runtime import set_hook
 from .accesslog import AccessLog
-from .metrics import Counters, Exposition, Metrics
+from .metrics import Exposition, Metrics
 
 __all__ = ["Observability", "install"]
 
@@ -26,8 +26,6 @@ class Observability:
     def __init__(self, server: Any) -> None:
         self.server = server
         runtime = server.runtime
-        if not isinstance(getattr(runtime, "counters", None), dict):
-            runtime.counters = Counters()
         self.started_at = time.time()
         self.metrics = Metrics(runtime)
         self.access_log = AccessLog(server.loop)

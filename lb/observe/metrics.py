@@ -111,6 +111,12 @@ register_counter(
     ("route",),
 )
 register_counter(
+    "accept_errors",
+    "lb_accept_errors_total",
+    "accept() failures that paused a listener, by errno (EMFILE, ENFILE, ENOBUFS, ENOMEM).",
+    ("listener", "reason"),
+)
+register_counter(
     "discovery_errors",
     "lb_discovery_source_errors_total",
     "Errors of discovery sources not tied to one service (e.g. the Consul catalog watch).",
@@ -395,7 +401,19 @@ class Exposition(Collector):
         )
         for (listener, code), n in self.metrics.refused.items():
             refused.add_metric([listener, str(code)], n)
-        yield from (conns, accepted, refused)
+        d = runtime.descriptors
+        cap = GaugeMetricFamily(
+            "lb_client_connections_max",
+            "Client connections lb takes at once: half the descriptor limit, less a reserve.",
+            value=d.max_clients,
+        )
+        limited = CounterMetricFamily(
+            "lb_accept_limited",
+            "Times accepting stopped at lb_client_connections_max (connections wait in the "
+            "backlog).",
+            value=d.limited,
+        )
+        yield from (conns, accepted, refused, cap, limited)
 
     # -- traffic control and discovery extension points --------------------------------------------
     def _traffic_control(self) -> Iterator[Any]:

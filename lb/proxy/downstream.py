@@ -137,6 +137,7 @@ class ClientConnection(Writer):
 
     # -- parser callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._req = None  # until this head completes; an earlier exchange may still answer
         self._url = b""
         self._headers = []
         self._trailers = []
@@ -196,7 +197,9 @@ class ClientConnection(Writer):
         if parser.should_upgrade():
             ex.upgrade = True
         self._req = ex
-        if not ex.req_done:
+        if ex.req_done:
+            self.deadline.clear()  # the head phase is over, and no body phase follows
+        else:
             limit = self.body_limit(ex)
             if limit is not None and (info.content_length or 0) > limit:
                 raise _Refuse(413)
@@ -211,12 +214,15 @@ class ClientConnection(Writer):
     def on_body(self, body: bytes) -> None:
         ex = self._req
         if ex is not None:
-            self.deadline.set(self.listener.timeouts.client_body_idle, "body")
+            if not self._paused:  # the rest of a read lb has paused: not the client's delay
+                self.deadline.set(self.listener.timeouts.client_body_idle, "body")
             ex.request_body(body)
 
     def on_message_complete(self) -> None:
         ex = self._req
         if ex is not None:
+            if self.deadline.kind == "body":
+                self.deadline.clear()  # the body phase is over
             ex.request_complete(self._trailers)
 
     # -- helpers for the exchange ---------------------------------------------------------------
@@ -252,8 +258,12 @@ class ClientConnection(Writer):
         return r.status, f"{scheme}://{host}{path}".encode("latin-1")
 
     def pause_reading(self, reason: int) -> None:
-        if not self._paused and self.transport is not None:
-            self.transport.pause_reading()
+        if not self._paused:
+            if self.transport is not None:
+                self.transport.pause_reading()
+            if self.deadline.kind == "body":
+                # The client cannot send while lb does not read: its body-idle clock stops.
+                self.deadline.clear()
         self._paused |= reason
 
     def resume_reading(self, reason: int) -> None:
@@ -261,6 +271,9 @@ class ClientConnection(Writer):
             self._paused &= ~reason
             if not self._paused and self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
+                req = self._req
+                if req is not None and not req.req_done and self.tunnel is None:
+                    self.deadline.set(self.listener.timeouts.client_body_idle, "body")
 
     def exchange_done(self, ex: Exchange, close: bool) -> None:
         if self.current is not ex:
@@ -286,6 +299,8 @@ class ClientConnection(Writer):
         from .tunnel import Tunnel
 
         self.current = None
+        self._req = None
+        self.deadline.cancel()  # a tunnel has only its own idle timer
         self.tunnel = Tunnel(self, conn, self.listener.tunnel_idle(ex))
         if rest:
             self.write(rest)
@@ -341,17 +356,12 @@ class ClientConnection(Writer):
         self._close_after_write()
 
     def _on_timeout(self, kind: str) -> None:
-        ex = self.current
-        if kind == "head" and not self.in_headers and ex is not None:
-            return  # the head arrived; the exchange's own timeouts govern now
-        if kind == "body" and (self._req is None or self._req.req_done):
-            return
-        if kind == "idle":
-            self._close_after_write()
+        # Each kind is armed only during its phase (head: connection open or a head being
+        # read; body: a body being read while lb reads; idle: between requests) and cleared
+        # when the phase ends, so a firing deadline always means that phase overran.
+        if kind == "idle" or (kind == "head" and not self.in_headers):
+            self._close_after_write()  # nothing of a request arrived: just close
         elif self.current is None or not self.current.response_started:
-            if kind == "head" and not self.in_headers and self.current is None:
-                self._close_after_write()  # a silent connection: just close it
-                return
             self._refuse(408)
         else:
             self.abort()

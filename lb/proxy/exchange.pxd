@@ -47,6 +47,7 @@ cdef class Exchange:
     cdef public object failure
     cdef public long attempts
     cdef public long retries
+    cdef public long retry_slots
     cdef public bint upstream_keepalive
     cdef public bint _finished
     cdef public bint _paused_upstream
@@ -55,6 +56,7 @@ cdef class Exchange:
 
     cpdef start(self)
     cpdef forward(self)
+    @cython.locals(info=RequestInfo)
     cpdef dispatch(self, exclude=*)
     @cython.locals(parts=list, info=RequestInfo, headers=list)
     cpdef bytes _request_head(self)

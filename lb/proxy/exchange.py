@@ -8,6 +8,7 @@ ends in `_finish`, which runs exactly once and gives the picker slot back.
 from __future__ import annotations
 
 import asyncio
+import errno
 from math import inf
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -38,12 +39,14 @@ def _status_line(status: int) -> bytes:
     return line
 
 
+_NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 _FAILURE_STATUS = {
     "connect-failure": 502,
     "reset": 502,
     "protocol": 502,
     "connect-timeout": 504,
     "response-head": 504,
+    "upstream-idle": 504,
 }
 
 
@@ -77,6 +80,7 @@ class Exchange:
         "response_done",
         "response_started",
         "retries",
+        "retry_slots",
         "route",
         "service",
         "started",
@@ -142,6 +146,7 @@ class Exchange:
         self.failure = ""
         self.attempts = 0
         self.retries = 0
+        self.retry_slots = 0  # retry-budget slots held until the exchange finishes
         self.upstream_keepalive = True
         self._finished = False
         self._paused_upstream = False
@@ -236,6 +241,13 @@ class Exchange:
         self.last_backend = b
         self.attempts += 1
         self.upstream_name = b.name
+        info = self.info
+        if info.expect_continue:
+            # Decided to forward: the client may send its body now (as Envoy does, instead of
+            # waiting on a backend that may never answer 100).
+            info.expect_continue = False
+            if not self.req_done and not self.body_bytes:
+                self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         conn = _upstream.take_idle(b)
         if conn is not None:
             self._send(conn)
@@ -262,7 +274,10 @@ class Exchange:
             self.attempt_failed("connect-timeout")
             return
         except (OSError, asyncio.CancelledError) as exc:
-            self.attempt_failed("connect-failure", str(exc))
+            if isinstance(exc, OSError) and exc.errno in _NO_DESCRIPTORS:
+                self._out_of_descriptors()
+            else:
+                self.attempt_failed("connect-failure", str(exc))
             return
         if self._finished or self.backend is not b:
             conn.release(svc.config.pool.max_idle)  # the client left while we connected
@@ -302,8 +317,6 @@ class Exchange:
             parts += (b"x-forwarded-host: ", info.host, b"\r\n")
         if self.upgrade:
             parts += (b"connection: upgrade\r\nupgrade: ", info.upgrade or b"", b"\r\n")
-        if info.expect_continue:
-            parts.append(b"expect: 100-continue\r\n")
         if info.chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         elif info.content_length is not None:
@@ -324,7 +337,21 @@ class Exchange:
                 self.body_buf = []
         if self.early:
             data += self.early
+        if self.req_done:
+            self._await_response_head(conn)
+        else:
+            # The request body still streams: no bytes either way for `idle` ends it, and the
+            # wait for the response head starts once the request is complete.
+            conn.deadline.set(self.idle_timeout(), "idle")
+        self.t_upstream = monotonic()
+        conn.send(self, data, self.method == b"HEAD")
+        if self.client._paused:
+            self.client.resume_reading(4)
+
+    def _await_response_head(self, conn: UpstreamConnection) -> None:
         route = self.route
+        svc = self.service
+        assert svc is not None
         timeout = (
             route.response_head_timeout
             if route and route.response_head_timeout
@@ -333,10 +360,6 @@ class Exchange:
         if route is not None and route.retry is not None and route.retry.per_try_timeout:
             timeout = min(timeout, route.retry.per_try_timeout)  # each attempt its own wait
         conn.deadline.set(timeout, "response-head")
-        self.t_upstream = monotonic()
-        conn.send(self, data, self.method == b"HEAD")
-        if self.client._paused:
-            self.client.resume_reading(4)
 
     # -- request body from the client -----------------------------------------------------------
     def request_body(self, chunk: bytes) -> None:
@@ -354,6 +377,8 @@ class Exchange:
         if conn is not None and not conn.closed and conn.transport is not None:
             conn.write(framed)
             self.body_sent = True
+            if not self.response_started:
+                conn.deadline.set(self.idle_timeout(), "idle")
             if self.replayable:
                 self._keep_for_replay(framed)
             return
@@ -372,11 +397,14 @@ class Exchange:
 
     def request_complete(self, trailers: list[tuple[bytes, bytes]]) -> None:
         self.req_done = True
+        conn = self.upstream
+        live = conn is not None and not conn.closed and conn.transport is not None
+        if live and not self.response_started:
+            self._await_response_head(conn)
         if not self.info.chunked:
             return
         end = b"0\r\n" + join_headers(trailers) + b"\r\n"
-        conn = self.upstream
-        if conn is not None and not conn.closed and conn.transport is not None:
+        if live:
             conn.write(end)
             if self.replayable:
                 self.body_buf.append(end)
@@ -530,11 +558,12 @@ class Exchange:
         self.client.abort()
 
     def upstream_timeout(self, conn: UpstreamConnection, kind: str) -> None:
-        if kind == "response-head" and not self.response_started:
+        if not self.response_started:
+            # No response head in time, or the backend stopped taking the request body.
             self.upstream = None
             conn.exchange = None
             conn.abort()
-            self.attempt_failed("response-head")
+            self.attempt_failed("response-head" if kind == "response-head" else "upstream-idle")
             return
         # Idle while streaming: nothing sensible can be sent; cut both sides.
         self.failure = f"upstream-{kind}"
@@ -560,10 +589,17 @@ class Exchange:
             self.backend = None
             svc.release(b)
         can_replay = self.replayable and (not self.body_sent or self.req_done)
-        if reused and kind == "reset" and can_replay and self.method in IDEMPOTENT:
-            # A pooled connection the backend closed as we reused it: not the backend's fault,
-            # so not counted against it either.
-            self.dispatch()
+        if (
+            reused
+            and kind == "reset"
+            and can_replay
+            and self.method in IDEMPOTENT
+            and self.attempts - self.retries == 1
+        ):
+            # A pooled connection that closed as we reused it, before any answer: the backend
+            # closed it idle, or died. Once, not counted against it, and elsewhere: if it died,
+            # going back to it would fail again.
+            self.dispatch(exclude=b)
             return
         if b is not None:
             self.client.listener.runtime.record_failure(svc, b, kind)
@@ -573,6 +609,17 @@ class Exchange:
             return
         self.failure = kind
         self.reply_error(_FAILURE_STATUS.get(kind, 502))
+
+    def _out_of_descriptors(self) -> None:
+        """lb itself could not open a connection: 503, and nothing held against the backend."""
+        if self._finished:
+            return
+        b, svc = self.backend, self.service
+        if b is not None and svc is not None:
+            self.backend = None
+            svc.release(b)
+        self.failure = "no-descriptors"
+        self.reply_error(503)
 
     def _retry_later(self, kind: str) -> None:
         route = self.route
@@ -585,6 +632,9 @@ class Exchange:
             self.client.listener.runtime.record_failure(svc, b, kind)
         self.retries += 1
         previous = self.last_backend
+        if kind == "connect-failure" or kind == "connect-timeout":
+            self.dispatch(exclude=previous)  # it never reached the backend: no need to wait
+            return
         self.client.loop.call_later(route.retry.backoff(self.retries), self._retry, previous)
 
     def _retry(self, previous: Backend | None) -> None:
@@ -660,5 +710,7 @@ class Exchange:
             svc.release(b)
         if self.gate is not None:
             self.gate.leave(self)
+        if self.retry_slots:
+            self.route.retry.release(self.retry_slots)
         for observer in self.client.listener.runtime.observers:
             observer.record(self, ok)

@@ -117,10 +117,10 @@ def analyze_request(headers: list[tuple[bytes, bytes]], http10: bool) -> Request
         elif lname == b"upgrade":
             info.upgrade = value
         elif lname == b"expect":
-            if value.lower() == b"100-continue":
-                info.expect_continue = True
-            else:
+            if value.lower() != b"100-continue":
                 raise BadRequest(417, "unsupported Expect")
+            # lb answers 100 itself once it forwards (the exchange); HTTP/1.0 knows no 1xx.
+            info.expect_continue = not http10
         elif lname == b"x-request-id":
             if _REQUEST_ID.fullmatch(value):
                 info.request_id = value

@@ -25,7 +25,6 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ..config import model
-from ..observe.metrics import Counters
 from ..routing.table import RouteTable
 from ..runtime import set_hook
 from .admission import Admission, Limit, TrustedProxies, key_function
@@ -37,8 +36,10 @@ from .ratelimit_redis import RedisLimiter, client_for
 
 # Failures the exchange reports through record_failure before it gives up: already counted
 # for the backend by the time the exchange finishes.
+DEFAULT_RETRIES = model.Retries()
+
 _ATTEMPT_FAILURES = frozenset(
-    {"connect-failure", "connect-timeout", "reset", "protocol", "response-head"}
+    {"connect-failure", "connect-timeout", "reset", "protocol", "response-head", "upstream-idle"}
 )
 
 
@@ -52,8 +53,6 @@ class TrafficControl:
         self.runtime = runtime
         self.loop = loop
         self.clock = clock or loop.time
-        if not isinstance(getattr(runtime, "counters", None), dict):
-            runtime.counters = Counters()
         self.counters: dict[str, Any] = runtime.counters
         self.services: dict[Any, ServiceControl] = {}
         # (scope, name) -> (the settings it was built from, the limit)
@@ -93,11 +92,13 @@ class TrafficControl:
                 route.limiter = Admission(self.listener_limits, own)
             else:
                 route.limiter = own  # the common case, one call on the request path
-            if rc.retries is not None:
-                retry = self.retries.get(route.name)
-                if retry is None or retry.cfg != rc.retries:
-                    retry = RouteRetry(route.name, rc.retries, self.counters)
-                route.retry = retries[route.name] = retry
+            # Every proxied route retries: without `retries:` it has the defaults, so that a
+            # backend crash is invisible to idempotent requests (`attempts: 1` turns it off).
+            wanted = rc.retries if rc.retries is not None else DEFAULT_RETRIES
+            retry = self.retries.get(route.name)
+            if retry is None or retry.cfg != wanted:
+                retry = RouteRetry(route.name, wanted, self.counters)
+            route.retry = retries[route.name] = retry
         self.limits = limits
         self.retries = retries
         for key in set(self.redis) - clients:
@@ -105,7 +106,7 @@ class TrafficControl:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         self._compile_services()
-        needed = bool(self.retries) or any(sc.active for sc in self.services.values())
+        needed = any(sc.active for sc in self.services.values())
         set_hook(self.runtime.observers, self, needed)
         set_hook(self.runtime.failure_hooks, self, needed)
 
@@ -172,10 +173,6 @@ class TrafficControl:
         b = ex.last_backend
         if b is None:
             return  # lb answered without a backend
-        if ex.retries:
-            retry = ex.route.retry
-            if retry is not None:
-                retry.release(ex.retries)
         failure = ex.failure
         if ex.response_started and ex.status < 500 and (not failure or failure == "client-gone"):
             # The common case, inline: a response from the backend, and not a 5xx.

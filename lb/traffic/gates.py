@@ -22,6 +22,7 @@ again. `caps.pending` and `caps.connections` hold the figures of the latest coun
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +68,7 @@ class ServiceGate:
         caps.max_connections = cfg.max_connections
         caps.max_pending = cfg.max_pending
         caps.max_requests = cfg.max_requests
-        caps.max_retries = cfg.max_retries
+        caps.max_retries = cfg.max_retries if cfg.max_retries is not None else sys.maxsize
         self._headroom = 0
         settings = breaker_settings(cfg)
         if settings != self.breaker.settings:
@@ -150,8 +151,12 @@ class RouteRetry:
     """`route.retry`: the route's policy, its retry budget and the service's retry cap.
 
     The budget is Envoy's: concurrent retries at most `budget_percent` of the service's active
-    requests (in flight on its backends, this one included), but always `min_retry_concurrency`.
-    A granted retry holds its budget and cap slots until its exchange finishes (`release`).
+    requests (in flight on its backends, this one included), but always `min_retry_concurrency`
+    and always one backend's share of the active requests, so that losing one backend with
+    everything it had in flight is absorbed while most backends failing is still bounded.
+    A connect failure is retried outside the budget (HAProxy's redispatch): the backend never
+    saw the request, so its retry adds load to no backend. A budgeted retry holds its slot
+    until its exchange finishes (`release`); every retry holds a cap slot likewise.
     """
 
     def __init__(self, route: str, cfg: model.Retries, registry: dict[str, Any]) -> None:
@@ -172,11 +177,12 @@ class RouteRetry:
 
     def allows(self, ex: Any, kind: str) -> bool:
         k = _RETRY_KINDS.get(kind)
-        return (
-            k is not None
-            and self.policy.should_retry(ex.method, k, None, ex.attempts, True)
-            and self._take(ex)
-        )
+        if k is None or not self.policy.should_retry(ex.method, k, None, ex.attempts, True):
+            return False
+        if k == CONNECT_FAILURE:
+            gate = ex.gate
+            return gate is None or gate.take_retry()
+        return self._take(ex)
 
     def allows_status(self, ex: Any, status: int) -> bool:
         return self.policy.should_retry(ex.method, STATUS, status, ex.attempts, True) and (
@@ -186,18 +192,28 @@ class RouteRetry:
     def backoff(self, retries: int) -> float:
         return self.policy.backoff(retries)
 
-    def release(self, retries: int) -> None:
-        for _ in range(retries):
+    def release(self, slots: int) -> None:
+        for _ in range(slots):
             self.budget.release()
 
     def _take(self, ex: Any) -> bool:
         svc = ex.service
-        active = 1 + sum(svc.in_flight(b) for b in svc.backends.values())
-        if not self.budget.try_acquire(active):
+        active = 1
+        total_weight = top_weight = 0
+        for b in svc.backends.values():
+            active += svc.in_flight(b)
+            if not b.removed:
+                total_weight += b.weight
+                top_weight = max(top_weight, b.weight)
+        # The picker spreads requests by weight: the heaviest backend's share of the active
+        # requests is what one crash can put in need of a retry at once.
+        share = -(-active * top_weight // total_weight) if total_weight else active
+        if not self.budget.try_acquire(active, share):
             self._exhausted[(self.route,)] += 1
             return False
         gate = ex.gate
         if gate is not None and not gate.take_retry():
             self.budget.release()
             return False
+        ex.retry_slots += 1
         return True

@@ -120,8 +120,9 @@ class RetryBudget:
         self.active = 0
         self.exhausted = 0
 
-    def try_acquire(self, active_requests: int) -> bool:
-        allowed = max(self.min_retry_concurrency, active_requests * self.percent / 100.0)
+    def try_acquire(self, active_requests: int, floor: int = 0) -> bool:
+        """Take a slot; `floor` raises what is allowed (one backend's share, say)."""
+        allowed = max(self.min_retry_concurrency, active_requests * self.percent / 100.0, floor)
         if self.active < allowed:
             self.active += 1
             return True
