@@ -190,3 +190,20 @@ async def test_body_limit_413(tmp_path):
         resp = await asyncio.wait_for(read_response(r2), 5)
         assert resp.status == 413
         w2.close()
+
+
+async def test_refusal_mid_upload_reaches_the_client(tmp_path):
+    """A 413 for a body the client is already sending: lb half-closes and drops the rest of
+    the upload for a while, so the refusal is read instead of lost to a reset."""
+    routes = "routes:\n  - name: all\n    match: {path: {prefix: /}}\n    service: app\n"
+    routes += "    max_body_size: 10\n"
+    async with backends(1) as bes, lb_for(tmp_path, bes, routes=routes) as lb:
+        for _ in range(3):
+            r, w = await asyncio.open_connection("127.0.0.1", lb.port)
+            w.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % (4 << 20))
+            w.write(b"x" * 300_000)  # more than lb reads before it answers
+            await asyncio.sleep(0.3)  # lb has answered by now, and closed before this fix
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 413"), head
+            w.close()
+        assert bes[0].seen == []

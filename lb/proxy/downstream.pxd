@@ -20,6 +20,7 @@ cdef class ClientConnection(Writer):
     cdef public list _trailers
     cdef public Py_ssize_t _head_bytes
     cdef public bint in_headers
+    cdef public bint lingering
     cdef public long _paused
     cdef public bint closing
     cdef public object tunnel
@@ -30,7 +31,7 @@ cdef class ClientConnection(Writer):
     cpdef pause_reading(self, long reason)
     cpdef resume_reading(self, long reason)
     cpdef exchange_done(self, Exchange ex, bint close)
-    cpdef _close_after_write(self)
+    cpdef _close_after_write(self, bint unread=*)
 
 
 cpdef str _route_host(raw)

@@ -21,6 +21,10 @@ from .timer import Deadline
 
 log = logging.getLogger("lb.proxy")
 _PAUSE_UPSTREAM, _PAUSE_QUEUE, _PAUSE_BUFFER = 1, 2, 4
+# After a response that leaves request bytes unread (413 mid-upload, 429 before the body),
+# input is read and dropped this long before closing: closing with unread input makes the
+# kernel send a reset, which can destroy the response before the client reads it.
+LINGER = 2.0
 
 
 class _Refuse(Exception):
@@ -42,6 +46,7 @@ class ClientConnection(Writer):
         "current",
         "deadline",
         "in_headers",
+        "lingering",
         "listener",
         "loop",
         "parser",
@@ -66,6 +71,7 @@ class ClientConnection(Writer):
         self.in_headers = False
         self._paused = 0
         self.closing = False
+        self.lingering = False
         self.tunnel: Any = None
         self.deadline = Deadline(self.loop, self._on_timeout)
 
@@ -93,6 +99,8 @@ class ClientConnection(Writer):
         self.queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
         if self.tunnel is not None:
             self.tunnel.to_backend(data)
             return
@@ -282,7 +290,7 @@ class ClientConnection(Writer):
         if self._req is ex:
             self._req = None
         if close or self.closing:
-            self._close_after_write()
+            self._close_after_write(not ex.req_done)
             return
         if self.queue:
             nxt = self.queue.popleft()
@@ -322,12 +330,22 @@ class ClientConnection(Writer):
             return True
         return False
 
-    def _close_after_write(self) -> None:
+    def _close_after_write(self, unread: bool = False) -> None:
+        """Close once the output is sent; with `unread` input, half-close and linger."""
         self.closing = True
         self.deadline.cancel()
         self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is None:
+            return
+        if unread and not self.lingering and t.can_write_eof():
+            self.lingering = True
+            t.write_eof()
+            self._paused = 0
+            t.resume_reading()
+            self.deadline.set(LINGER, "linger")
+            return
+        t.close()
 
     def _refuse(self, status: int) -> None:
         ex = self._req if self._req is not None and not self._req.response_started else None
@@ -353,14 +371,14 @@ class ClientConnection(Writer):
             return
         self.listener.runtime.record_refusal(self, status)
         self.write(responses.error(status, True))
-        self._close_after_write()
+        self._close_after_write(status != 408)
 
     def _on_timeout(self, kind: str) -> None:
         # Each kind is armed only during its phase (head: connection open or a head being
         # read; body: a body being read while lb reads; idle: between requests) and cleared
         # when the phase ends, so a firing deadline always means that phase overran.
-        if kind == "idle" or (kind == "head" and not self.in_headers):
-            self._close_after_write()  # nothing of a request arrived: just close
+        if kind == "idle" or kind == "linger" or (kind == "head" and not self.in_headers):
+            self._close_after_write()  # nothing of a request arrived, or lingered enough
         elif self.current is None or not self.current.response_started:
             self._refuse(408)
         else:
