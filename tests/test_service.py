@@ -11,7 +11,7 @@ def service(n: int) -> Service:
     return svc
 
 
-def picks(svc: Service, n: int, exclude=None) -> list[str]:
+def picks(svc: Service, n: int, exclude=()) -> list[str]:
     out = []
     for _ in range(n):
         b = svc.pick(0.0, exclude)
@@ -24,8 +24,16 @@ def picks(svc: Service, n: int, exclude=None) -> list[str]:
 def test_exclusion_holds_while_healthy() -> None:
     svc = service(3)
     first = next(iter(svc.backends.values()))
-    assert first.name not in picks(svc, 30, exclude=first)
+    assert first.name not in picks(svc, 30, exclude=[first])
     assert sorted(set(picks(svc, 30))) == sorted(b.name for b in svc.backends.values())
+
+
+def test_every_backend_a_request_tried_is_excluded_until_none_is_left() -> None:
+    svc = service(3)
+    a, b, c = svc.backends.values()
+    assert set(picks(svc, 30, exclude=[a, b])) == {c.name}
+    # All of them tried: the pick falls back to the whole set rather than to nothing.
+    assert len(set(picks(svc, 30, exclude=[a, b, c]))) == 3
 
 
 def test_exclusion_holds_in_panic_and_leaves_the_weight_as_it_was() -> None:
@@ -35,7 +43,7 @@ def test_exclusion_holds_in_panic_and_leaves_the_weight_as_it_was() -> None:
         svc.refresh(b, 0.0)
     assert svc.panic  # no healthy backend: lb balances over all of them
     first = next(iter(svc.backends.values()))
-    assert first.name not in picks(svc, 30, exclude=first)
+    assert first.name not in picks(svc, 30, exclude=[first])
     # Afterwards every backend takes its equal share again.
     counts = {name: 0 for name in (b.name for b in svc.backends.values())}
     for name in picks(svc, 30):
@@ -51,5 +59,5 @@ def test_a_drained_backend_stays_drained_after_being_excluded_in_panic() -> None
         b.check_ok = False
         svc.refresh(b, 0.0)
     assert svc.panic
-    picks(svc, 5, exclude=second)
+    picks(svc, 5, exclude=[second])
     assert second.name not in picks(svc, 30)

@@ -1,7 +1,7 @@
 """A service: its backends, updated in place, and the picker that chooses among them."""
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..config import model
@@ -106,21 +106,27 @@ class Service:
         self.refresh(b)
 
     # -- the request path -----------------------------------------------------------------------
-    def pick(self, now: float, exclude: Backend | None = None) -> Backend | None:
-        """Choose and take a backend (in-flight + 1); None when nothing can serve."""
+    def pick(self, now: float, exclude: Sequence[Backend] = ()) -> Backend | None:
+        """Choose and take a backend (in-flight + 1); None when nothing can serve. Backends in
+        `exclude` (those a retry already tried) are passed over while any other can serve."""
         picker = self.picker
         while True:
-            if exclude is not None and not exclude.removed and len(self.backends) > 1:
+            skip = [b for b in exclude if not b.removed] if len(self.backends) > 1 else []
+            if skip:
                 if self.panic:
                     # Panic picks regardless of eligibility: the exclusion takes the weight
                     # away for this one pick instead.
-                    picker.set_weight(exclude.slot, 0)
+                    for b in skip:
+                        picker.set_weight(b.slot, 0)
                     slot = picker.pick(now, True)
-                    picker.set_weight(exclude.slot, 0 if exclude.drained else exclude.weight)
+                    for b in skip:
+                        picker.set_weight(b.slot, 0 if b.drained else b.weight)
                 else:
-                    picker.set_eligible(exclude.slot, False, now, 0.0)
+                    for b in skip:
+                        picker.set_eligible(b.slot, False, now, 0.0)
                     slot = picker.pick(now, False)
-                    picker.set_eligible(exclude.slot, exclude.eligible(now), now, 0.0)
+                    for b in skip:
+                        picker.set_eligible(b.slot, b.eligible(now), now, 0.0)
                 if slot < 0:
                     slot = picker.pick(now, self.panic)
             else:

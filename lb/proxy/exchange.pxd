@@ -48,6 +48,8 @@ cdef class Exchange:
     cdef public long attempts
     cdef public long retries
     cdef public long retry_slots
+    cdef public long redispatches
+    cdef public list tried
     cdef public bint upstream_keepalive
     cdef public bint _finished
     cdef public bint _paused_upstream
@@ -57,7 +59,7 @@ cdef class Exchange:
     cpdef start(self)
     cpdef forward(self)
     @cython.locals(info=RequestInfo)
-    cpdef dispatch(self, exclude=*)
+    cpdef dispatch(self)
     @cython.locals(parts=list, info=RequestInfo, headers=list)
     cpdef bytes _request_head(self)
     cpdef _send(self, UpstreamConnection conn)

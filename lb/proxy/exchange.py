@@ -74,6 +74,7 @@ class Exchange:
         "method",
         "path",
         "query",
+        "redispatches",
         "replayable",
         "req_done",
         "resp_bytes",
@@ -88,6 +89,7 @@ class Exchange:
         "t0",
         "t_upstream",
         "target",
+        "tried",
         "tunnel",
         "until_eof",
         "upgrade",
@@ -147,6 +149,8 @@ class Exchange:
         self.attempts = 0
         self.retries = 0
         self.retry_slots = 0  # retry-budget slots held until the exchange finishes
+        self.redispatches = 0  # refused connections moved on without using up an attempt
+        self.tried: list[Backend] | None = None  # backends that failed it, once one has
         self.upstream_keepalive = True
         self._finished = False
         self._paused_upstream = False
@@ -210,12 +214,13 @@ class Exchange:
             self.gate = gate
         self.dispatch()
 
-    def dispatch(self, exclude: Backend | None = None) -> None:
+    def dispatch(self) -> None:
         service = self.service
         assert service is not None
         now = self.client.loop.time()
         b = None
-        if exclude is None:
+        tried = self.tried
+        if tried is None:
             # The common case inline; a backend whose breaker is not closed goes through
             # Service.pick, which enforces half-open probe quotas.
             slot = service.picker.pick(now, service.panic)
@@ -228,7 +233,7 @@ class Exchange:
                     # good: a half-open backend would never get its probe.
                     b = service.admit(slot, now) or service.pick(now)
         else:
-            b = service.pick(now, exclude)
+            b = service.pick(now, tried)
         if b is None:
             fallback = service.fallback
             if fallback is not None and fallback is not service:
@@ -588,6 +593,10 @@ class Exchange:
         if b is not None:
             self.backend = None
             svc.release(b)
+            if self.tried is None:
+                self.tried = [b]
+            else:
+                self.tried.append(b)
         can_replay = self.replayable and (not self.body_sent or self.req_done)
         if (
             reused
@@ -599,7 +608,7 @@ class Exchange:
             # A pooled connection that closed as we reused it, before any answer: the backend
             # closed it idle, or died. Once, not counted against it, and elsewhere: if it died,
             # going back to it would fail again.
-            self.dispatch(exclude=b)
+            self.dispatch()
             return
         if b is not None:
             self.client.listener.runtime.record_failure(svc, b, kind)
@@ -626,20 +635,23 @@ class Exchange:
         assert route is not None and route.retry is not None
         b = self.backend
         svc = self.service
-        if b is not None and svc is not None:
+        if b is not None and svc is not None:  # a retried status: the backend answered
             self.backend = None
             svc.release(b)
             self.client.listener.runtime.record_failure(svc, b, kind)
+            if self.tried is None:
+                self.tried = [b]
+            else:
+                self.tried.append(b)
         self.retries += 1
-        previous = self.last_backend
         if kind == "connect-failure" or kind == "connect-timeout":
-            self.dispatch(exclude=previous)  # it never reached the backend: no need to wait
+            self.dispatch()  # it never reached the backend: no need to wait
             return
-        self.client.loop.call_later(route.retry.backoff(self.retries), self._retry, previous)
+        self.client.loop.call_later(route.retry.backoff(self.retries), self._retry)
 
-    def _retry(self, previous: Backend | None) -> None:
+    def _retry(self) -> None:
         if not self._finished:
-            self.dispatch(exclude=previous)
+            self.dispatch()
 
     def client_lost(self) -> None:
         """The client went away mid-exchange."""

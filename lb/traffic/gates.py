@@ -31,6 +31,7 @@ from .breaker import CLOSED, Breaker, BreakerSettings, Caps
 from .retry import CONNECT_FAILURE, RESET, STATUS, TIMEOUT, RetryBudget, RetryPolicy
 
 OVERLOADED = b"x-lb-overloaded: true\r\n"
+REDISPATCHES = 3  # refused connections per request moved on for free (HAProxy's `retries 3`)
 CIRCUIT_OPEN = b"x-lb-circuit-open: true\r\n"
 
 
@@ -155,7 +156,9 @@ class RouteRetry:
     and always one backend's share of the active requests, so that losing one backend with
     everything it had in flight is absorbed while most backends failing is still bounded.
     A connect failure is retried outside the budget (HAProxy's redispatch): the backend never
-    saw the request, so its retry adds load to no backend. A budgeted retry holds its slot
+    saw the request, so its retry adds load to no backend; a refused connection does not even
+    use up an attempt, `REDISPATCHES` times per request. Every retry goes to a backend the
+    request has not tried yet, while one can serve. A budgeted retry holds its slot
     until its exchange finishes (`release`); every retry holds a cap slot likewise.
     """
 
@@ -177,15 +180,27 @@ class RouteRetry:
 
     def allows(self, ex: Any, kind: str) -> bool:
         k = _RETRY_KINDS.get(kind)
-        if k is None or not self.policy.should_retry(ex.method, k, None, ex.attempts, True):
+        if k is None:
             return False
+        policy = self.policy
         if k == CONNECT_FAILURE:
+            if kind == "connect-failure" and ex.redispatches < REDISPATCHES:
+                # A refused connection costs next to nothing and uses up no attempt: move on
+                # to a backend not tried yet (HAProxy's retries with redispatch).
+                ok = policy.attempts > 1 and policy.should_retry(ex.method, k, None, 1, True)
+                if ok:
+                    ex.redispatches += 1
+            else:
+                ok = policy.should_retry(ex.method, k, None, ex.attempts - ex.redispatches, True)
             gate = ex.gate
-            return gate is None or gate.take_retry()
+            return ok and (gate is None or gate.take_retry())
+        if not policy.should_retry(ex.method, k, None, ex.attempts - ex.redispatches, True):
+            return False
         return self._take(ex)
 
     def allows_status(self, ex: Any, status: int) -> bool:
-        return self.policy.should_retry(ex.method, STATUS, status, ex.attempts, True) and (
+        attempt = ex.attempts - ex.redispatches
+        return self.policy.should_retry(ex.method, STATUS, status, attempt, True) and (
             self._take(ex)
         )
 
