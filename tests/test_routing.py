@@ -136,6 +136,9 @@ async def test_actions_through_proxy(tmp_path):
           - name: maintenance
             match: {host: down.example.com}
             respond: {status: 503, body: "back soon\\n", headers: {Retry-After: "120"}}
+          - name: json
+            match: {path: {exact: /status.json}}
+            respond: {body: '{"ok":true}', headers: {Content-Type: application/json}}
           - name: canary
             match: {path: {prefix: /canary}}
             split: [{service: app, weight: 95}, {service: beta, weight: 5}]
@@ -161,6 +164,10 @@ async def test_actions_through_proxy(tmp_path):
             assert r.header("location") == "https://shop.example.com:8443/secure/a?b=c"
             r = await c.request(host="down.example.com")
             assert (r.status, r.body, r.header("retry-after")) == (503, b"back soon\n", "120")
+            assert r.raw_head.lower().count(b"content-type:") == 1
+            r = await c.request(path="/status.json")
+            types = [v for n, v in r.headers if n.lower() == "content-type"]
+            assert (r.body, types) == (b'{"ok":true}', ["application/json"])  # the route's only
             seen = collections.Counter()
             for _ in range(200):
                 before = len(bes[1].seen)

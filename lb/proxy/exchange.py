@@ -174,6 +174,7 @@ class Exchange:
                     body,
                     close=self.must_close(),
                     extra=lines,
+                    content_type=None,  # the route's lines carry it
                     head_only=self.method == b"HEAD",
                 ),
             )

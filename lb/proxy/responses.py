@@ -16,16 +16,15 @@ def build(
     *,
     close: bool,
     extra: bytes = b"",
-    content_type: bytes = b"text/plain; charset=utf-8",
+    content_type: bytes | None = b"text/plain; charset=utf-8",
     head_only: bool = False,
 ) -> bytes:
-    """A complete HTTP/1.1 response; `extra` holds ready header lines ("name: value\\r\\n")."""
+    """A complete HTTP/1.1 response; `extra` holds ready header lines ("name: value\\r\\n").
+    `content_type` None: `extra` carries its own."""
     head = (
         f"HTTP/1.1 {status} {reason(status)}\r\n".encode()
         + extra
-        + b"content-type: "
-        + content_type
-        + b"\r\n"
+        + (b"content-type: " + content_type + b"\r\n" if content_type is not None else b"")
         + b"content-length: "
         + str(len(body)).encode()
         + b"\r\n"
