@@ -86,13 +86,6 @@ class ListenerRuntime:
         self.connections.discard(conn)
         self.runtime.descriptors.release()
 
-    def tunnel_idle(self, ex: Any) -> float:
-        route = ex.route
-        if route is not None and route.idle_timeout:
-            return float(route.idle_timeout)
-        svc = ex.service
-        return float(svc.config.timeouts.idle) if svc is not None else 60.0
-
 
 class Runtime:
     def __init__(

@@ -195,27 +195,18 @@ def test_caps_defaults_follow_envoy() -> None:
     assert c.max_retries == 3
 
 
-@pytest.mark.parametrize("kind", ["connection", "pending", "request", "retry"])
-def test_caps_acquire_release_and_overflow(kind: str) -> None:
-    c = Caps(max_connections=2, max_pending=2, max_requests=2, max_retries=2)
-    acquire = getattr(c, f"try_acquire_{kind}")
-    release = getattr(c, f"release_{kind}")
-    counter = {
-        "connection": "connections",
-        "pending": "pending",
-        "request": "requests",
-        "retry": "retries",
-    }[kind]
-    assert acquire()
-    assert acquire()
-    assert not acquire()
-    assert not acquire()
-    assert c.overflows[counter] == 2
-    assert getattr(c, counter) == 2
-    release()
-    assert acquire()
-    release()
-    release()
-    release()  # one too many: clamped at zero
-    assert getattr(c, counter) == 0
+def test_caps_retry_acquire_release_and_overflow() -> None:
+    c = Caps(max_retries=2)
+    assert c.try_acquire_retry()
+    assert c.try_acquire_retry()
+    assert not c.try_acquire_retry()
+    assert not c.try_acquire_retry()
+    assert c.overflows["retries"] == 2
+    assert c.retries == 2
+    c.release_retry()
+    assert c.try_acquire_retry()
+    c.release_retry()
+    c.release_retry()
+    c.release_retry()  # one too many: clamped at zero
+    assert c.retries == 0
     assert sum(c.overflows.values()) == 2

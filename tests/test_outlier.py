@@ -1,6 +1,7 @@
 import pytest
 
-from lb.traffic.outlier import OutlierDetector, panic
+from lb.balancer.service import panic
+from lb.traffic.outlier import OutlierDetector
 
 
 def detector(n: int, **kwargs: float) -> OutlierDetector:
@@ -135,9 +136,9 @@ def test_invalid_settings(kwargs: dict[str, float]) -> None:
 
 
 def test_panic_threshold() -> None:
-    assert not panic(5, 10)
-    assert panic(4, 10)
-    assert panic(0, 3)
-    assert not panic(0, 0)
+    assert not panic(5, 10, 50)
+    assert panic(4, 10, 50)
+    assert panic(0, 3, 50)
+    assert not panic(0, 0, 50)
     assert not panic(0, 10, threshold_percent=0)
     assert panic(99, 100, threshold_percent=100)

@@ -84,9 +84,7 @@ class Service:
         live = [
             b for b in self.backends.values() if not b.removed and b.weight > 0 and not b.drained
         ]
-        threshold = self.config.panic_threshold
-        healthy = self.picker.eligible_count()
-        self.panic = bool(live) and threshold > 0 and healthy * 100 < threshold * len(live)
+        self.panic = panic(self.picker.eligible_count(), len(live), self.config.panic_threshold)
         for cb in self.on_change:
             cb(self)
 
@@ -158,6 +156,12 @@ class Service:
 
     def in_flight(self, b: Backend) -> int:
         return self.picker.in_flight(b.slot)
+
+
+def panic(healthy: int, total: int, threshold_percent: float) -> bool:
+    """Envoy's panic threshold: with fewer than this share of backends healthy, balance over
+    all of them rather than overload the few left (0 = off)."""
+    return total > 0 and healthy * 100.0 < threshold_percent * total
 
 
 def static_specs(config: model.Service) -> list[tuple[str, int, int]]:

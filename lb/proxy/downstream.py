@@ -15,12 +15,12 @@ import httptools
 
 from . import responses
 from .exchange import Exchange
+from .flow import PAUSE_BUFFER, PAUSE_QUEUE
 from .headers import BadRequest, analyze_request
 from .outbox import Writer
 from .timer import Deadline
 
 log = logging.getLogger("lb.proxy")
-_PAUSE_UPSTREAM, _PAUSE_QUEUE, _PAUSE_BUFFER = 1, 2, 4
 # After a response that leaves request bytes unread (413 mid-upload, 429 before the body),
 # input is read and dropped this long before closing: closing with unread input makes the
 # kernel send a reset, which can destroy the response before the client reads it.
@@ -217,7 +217,7 @@ class ClientConnection(Writer):
             ex.start()
         else:
             self.queue.append(ex)
-            self.pause_reading(_PAUSE_QUEUE)
+            self.pause_reading(PAUSE_QUEUE)
 
     def on_body(self, body: bytes) -> None:
         ex = self._req
@@ -296,10 +296,10 @@ class ClientConnection(Writer):
             nxt = self.queue.popleft()
             self.current = nxt
             if not self.queue:
-                self.resume_reading(_PAUSE_QUEUE)
+                self.resume_reading(PAUSE_QUEUE)
             nxt.start()
             return
-        self.resume_reading(_PAUSE_QUEUE)
+        self.resume_reading(PAUSE_QUEUE)
         if not self.in_headers:
             self.deadline.set(self.listener.timeouts.keepalive_idle, "idle")
 
@@ -309,12 +309,12 @@ class ClientConnection(Writer):
         self.current = None
         self._req = None
         self.deadline.cancel()  # a tunnel has only its own idle timer
-        self.tunnel = Tunnel(self, conn, self.listener.tunnel_idle(ex))
+        self.tunnel = Tunnel(self, conn, ex.idle_timeout())
         if rest:
             self.write(rest)
         if ex.early:
             self.tunnel.to_backend(ex.early)
-        self.resume_reading(_PAUSE_QUEUE | _PAUSE_BUFFER)
+        self.resume_reading(PAUSE_QUEUE | PAUSE_BUFFER)
 
     def abort(self) -> None:
         self.closing = True
@@ -365,7 +365,7 @@ class ClientConnection(Writer):
             for queued in self.queue:
                 queued.client_lost()
             self.queue.clear()
-            self.pause_reading(_PAUSE_QUEUE)
+            self.pause_reading(PAUSE_QUEUE)
             if ex is not None and ex is not self.current:
                 ex.client_lost()
             return

@@ -18,6 +18,7 @@ from ..balancer.service import Service
 from ..routing.route import Route
 from . import responses
 from . import upstream as _upstream  # a module import: compiled, upstream cimports Exchange
+from .flow import PAUSE_BUFFER, PAUSE_UPSTREAM
 from .headers import RequestInfo, add_lines, analyze_response, join_headers
 
 if TYPE_CHECKING:
@@ -352,7 +353,7 @@ class Exchange:
         self.t_upstream = monotonic()
         conn.send(self, data, self.method == b"HEAD")
         if self.client._paused:
-            self.client.resume_reading(4)
+            self.client.resume_reading(PAUSE_BUFFER)
 
     def _await_response_head(self, conn: UpstreamConnection) -> None:
         route = self.route
@@ -392,7 +393,7 @@ class Exchange:
         if self.replayable and self.body_bytes > REPLAY_LIMIT:
             self.replayable = False
         if sum(map(len, self.body_buf)) > BUFFER_LIMIT:
-            self.client.pause_reading(4)
+            self.client.pause_reading(PAUSE_BUFFER)
 
     def _keep_for_replay(self, framed: bytes) -> None:
         if self.body_bytes > REPLAY_LIMIT:
@@ -668,10 +669,10 @@ class Exchange:
 
     # -- flow control ---------------------------------------------------------------------------
     def upstream_paused(self) -> None:
-        self.client.pause_reading(1)
+        self.client.pause_reading(PAUSE_UPSTREAM)
 
     def upstream_resumed(self) -> None:
-        self.client.resume_reading(1)
+        self.client.resume_reading(PAUSE_UPSTREAM)
 
     def client_paused(self) -> None:
         conn = self.upstream

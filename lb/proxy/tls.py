@@ -41,16 +41,14 @@ class SniContexts:
 
 
 class TlsSwitch:
-    """The listening socket keeps one root context for its life; each handshake is moved to
-    the current certificate set, so a reload changes certificates without rebinding."""
+    """One root context per listener config; each handshake is moved to the context of the
+    certificate the client's SNI names. A reload builds a new switch (lb/listeners.py), and
+    handshakes already under way finish on the old one."""
 
     def __init__(self, tls: model.ListenerTls) -> None:
         self.current = SniContexts(tls)
         self.root = _context(tls.certificates[0], tls.min_version)
         self.root.sni_callback = self._pick
-
-    def update(self, tls: model.ListenerTls) -> None:
-        self.current = SniContexts(tls)  # raises on a bad certificate: the reload is refused
 
     def _pick(self, sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
         cur = self.current

@@ -6,6 +6,7 @@ the other and pauses the other's reading when its own write buffer fills.
 
 from typing import Any
 
+from .flow import PAUSE_UPSTREAM
 from .timer import Deadline
 
 
@@ -37,10 +38,10 @@ class Tunnel:
         self.close()
 
     def upstream_paused(self) -> None:
-        self.client.pause_reading(1)
+        self.client.pause_reading(PAUSE_UPSTREAM)
 
     def upstream_resumed(self) -> None:
-        self.client.resume_reading(1)
+        self.client.resume_reading(PAUSE_UPSTREAM)
 
     def upstream_timeout(self, conn: Any, kind: str) -> None:
         self.close()

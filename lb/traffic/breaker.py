@@ -189,11 +189,10 @@ class Breaker:
 
 
 class Caps:
-    """Envoy-style per-service concurrency caps; a failed acquire counts an overflow.
-
-    Plain integer attributes so the data path pays a comparison and an addition; every
-    successful `try_acquire_*` must be paired with one `release_*`.
-    """
+    """Envoy-style per-service concurrency caps, as plain integers the service gate
+    (traffic/gates.py) compares and counts inline; `overflows` counts refusals per cap.
+    Retries go through `try_acquire_retry`/`release_retry`, each success paired with one
+    release."""
 
     def __init__(
         self,
@@ -211,40 +210,6 @@ class Caps:
         self.requests = 0
         self.retries = 0
         self.overflows = {"connections": 0, "pending": 0, "requests": 0, "retries": 0}
-
-    def try_acquire_connection(self) -> bool:
-        if self.connections < self.max_connections:
-            self.connections += 1
-            return True
-        self.overflows["connections"] += 1
-        return False
-
-    def release_connection(self) -> None:
-        # Clamped: a double release must not raise the effective cap for good.
-        if self.connections > 0:
-            self.connections -= 1
-
-    def try_acquire_pending(self) -> bool:
-        if self.pending < self.max_pending:
-            self.pending += 1
-            return True
-        self.overflows["pending"] += 1
-        return False
-
-    def release_pending(self) -> None:
-        if self.pending > 0:
-            self.pending -= 1
-
-    def try_acquire_request(self) -> bool:
-        if self.requests < self.max_requests:
-            self.requests += 1
-            return True
-        self.overflows["requests"] += 1
-        return False
-
-    def release_request(self) -> None:
-        if self.requests > 0:
-            self.requests -= 1
 
     def try_acquire_retry(self) -> bool:
         if self.retries < self.max_retries:

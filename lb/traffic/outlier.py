@@ -19,8 +19,8 @@ means a connection failure, reset, timeout or 5xx/gateway error, whichever the c
   its error count and is ejected on its next error once there is room.
 - Un-ejection happens in `tick(now)`, which the owner calls periodically.
 
-`panic(healthy, total, threshold_percent)` is Envoy's panic threshold: when fewer than that
-share of backends are healthy, balance over all of them rather than overload the few left.
+The panic threshold (Envoy's: too few healthy backends, balance over all of them) is the
+service's, in `lb.balancer.service.panic`.
 """
 
 from __future__ import annotations
@@ -130,8 +130,3 @@ class OutlierDetector:
                 self.times_ejected.pop(key, None)
                 del self._forgiving[key]
         return back
-
-
-def panic(healthy: int, total: int, threshold_percent: float = 50.0) -> bool:
-    """Envoy's panic threshold: True when healthy/total is below threshold_percent (0 = off)."""
-    return total > 0 and healthy * 100.0 < threshold_percent * total
