@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := redis-server prometheus chromium
 BENCH_PACKAGES := wrk haproxy nginx
 
-.PHONY: demo test bench bench-picker bench-routing lint build system-deps clean
+.PHONY: demo test soak bench bench-picker bench-routing lint build system-deps clean
 
 $(STAMP): pyproject.toml setup.py ext/picker.pyx
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ system-deps:
 test: build system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The soak and fault suite in its long form (10-20 minutes); `make test` runs its short form.
+soak: build system-deps
+	LB_SOAK=long $(BIN)/python -m pytest -q -s -p no:cacheprovider -m soak tests
 
 demo: build
 	$(BIN)/python -m lb.demo configs/demo.yaml

@@ -341,3 +341,9 @@ async def consul() -> AsyncIterator[Any]:
     await srv.start()
     yield srv
     await srv.stop()
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line(
+        "markers", "soak: soak and fault scenarios (LB_SOAK=long, `make soak`, for the long form)"
+    )
