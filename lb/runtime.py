@@ -17,6 +17,7 @@ from .config import Loaded, model
 from .observe.metrics import Counters
 from .proxy.accept import Descriptors
 from .proxy.downstream import ClientConnection
+from .proxy.failures import Failure
 from .proxy.outbox import Outbox
 from .proxy.tls import TlsSwitch
 from .routing.route import Route, compile_route
@@ -103,7 +104,7 @@ class Runtime:
         self.listeners: dict[str, ListenerRuntime] = {}
         # record(exchange, ok) hooks, called by the exchange: metrics, access log
         self.observers: list[Any] = []
-        self.failure_hooks: list[Any] = []  # record_failure(service, backend, kind)
+        self.failure_hooks: list[Any] = []  # record_failure(service, backend, failure)
         # Run on every new table right before it is swapped in (config apply and dynamic
         # routes), when services and `config` are already updated: traffic control attaches
         # route limiters, retries and service gates there.
@@ -177,10 +178,10 @@ class Runtime:
         return ctx
 
     # -- outcomes -------------------------------------------------------------------------------
-    def record_failure(self, svc: Service, backend: Any, kind: str) -> None:
+    def record_failure(self, svc: Service, backend: Any, failure: Failure) -> None:
         backend.failures += 1
         for hook in self.failure_hooks:
-            hook.record_failure(svc, backend, kind)
+            hook.record_failure(svc, backend, failure)
 
     def record_refusal(self, conn: ClientConnection, status: int) -> None:
         for obs in self.observers:

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from ..traffic.breaker import OPEN
+
 
 class Backend:
     """State has one owner per input (discovery, active checks, outlier ejection, breaker,
@@ -58,7 +60,7 @@ class Backend:
             and not self.removed
             and self.check_ok
             and self.ejected_until <= now
-            and (self.breaker is None or self.breaker.state != "open")
+            and (self.breaker is None or self.breaker.state != OPEN)
         )
 
     def state(self, now: float) -> tuple[str, str]:
@@ -71,7 +73,7 @@ class Backend:
             return "down", self.check_reason or "active-check-failed"
         if self.ejected_until > now:
             return "down", "ejected"
-        if self.breaker is not None and self.breaker.state == "open":
+        if self.breaker is not None and self.breaker.state == OPEN:
             return "down", "circuit-open"
         return "up", ""
 

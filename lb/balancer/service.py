@@ -6,6 +6,7 @@ from typing import Any
 
 from ..config import model
 from ..shm import attach_backend
+from ..traffic.breaker import CLOSED
 from .backend import Backend
 from .picker import Picker
 
@@ -142,7 +143,7 @@ class Service:
         b = self.by_slot[slot]
         assert b is not None
         breaker = b.breaker
-        if breaker is None or breaker.state == "closed" or self.panic or breaker.allow(now):
+        if breaker is None or breaker.state == CLOSED or self.panic or breaker.allow(now):
             b.selected += 1
             return b
         self.picker.release(slot)

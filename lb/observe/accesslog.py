@@ -267,7 +267,7 @@ class AccessLog:
             svc.name if svc is not None else None,
             ex.upstream_name or None,
             ex.retries,
-            ex.failure or None,
+            ex.failure.label if ex.failure is not None else None,
             info.request_id.decode("latin-1") if info.request_id else None,
         )
         sink, fmt = entry

@@ -55,12 +55,13 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..balancer.picker import IMPLEMENTATION
+from ..traffic.breaker import CLOSED, HALF_OPEN, OPEN
 from .recorder import OTHER, BackendStats, Recorder
 
 log = logging.getLogger(__name__)
 
 STATES = ("up", "draining", "down")
-BREAKER_STATES = ("closed", "open", "half_open")
+BREAKER_STATES = (CLOSED, OPEN, HALF_OPEN)
 CAPS = ("connections", "pending", "requests", "retries")
 
 

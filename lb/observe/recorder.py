@@ -171,10 +171,10 @@ class Recorder:
         count.n += 1
         bs.requests += 1
         failure = ex.failure
-        if failure:
-            fkey = (sname, failure)
+        if failure is not None:
+            fkey = (sname, failure.label)
             rs.failures[fkey] = rs.failures.get(fkey, 0) + 1
-            if failure != "client-gone":
+            if failure.breaker:  # a verdict on the backend, not the client leaving
                 bs.errors += 1
         elif status >= 500:
             bs.errors += 1
@@ -195,10 +195,11 @@ class Recorder:
         key = (conn.listener.name, status)
         self.refused[key] = self.refused.get(key, 0) + 1
 
-    def record_failure(self, svc: Any, backend: Any, kind: str) -> None:
+    def record_failure(self, svc: Any, backend: Any, failure: Any) -> None:
         ss = self.services.get(svc.name) or self._service(svc.name)
         bs = ss.backends.get(backend.name) or self._backend(ss, backend.name)
-        bs.failures[kind] = bs.failures.get(kind, 0) + 1
+        label = failure.label
+        bs.failures[label] = bs.failures.get(label, 0) + 1
 
     # -- first sight of a route, service or backend ------------------------------------------------
     def _route(self, route: Any) -> RouteStats:

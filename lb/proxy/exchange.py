@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING, Any
 from ..balancer.backend import Backend
 from ..balancer.service import Service
 from ..routing.route import Route
+from ..traffic.breaker import CLOSED
+from . import failures as F
 from . import responses
 from . import upstream as _upstream  # a module import: compiled, upstream cimports Exchange
+from .failures import Failure
 from .flow import PAUSE_BUFFER, PAUSE_UPSTREAM
 from .headers import RequestInfo, add_lines, analyze_response, join_headers
 
@@ -26,7 +29,6 @@ if TYPE_CHECKING:
 
 REPLAY_LIMIT = 64 * 1024  # request bytes kept for a retry; beyond this, no retry
 BUFFER_LIMIT = 256 * 1024  # body bytes held while connecting before the client is paused
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _STATUS_LINES: dict[int, bytes] = {}
 
 
@@ -41,14 +43,6 @@ def _status_line(status: int) -> bytes:
 
 
 _NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
-_FAILURE_STATUS = {
-    "connect-failure": 502,
-    "reset": 502,
-    "protocol": 502,
-    "connect-timeout": 504,
-    "response-head": 504,
-    "upstream-idle": 504,
-}
 
 
 class Exchange:
@@ -146,7 +140,7 @@ class Exchange:
         self.early = b""
         self.status = 0
         self.resp_bytes = 0
-        self.failure = ""
+        self.failure: Failure | None = None
         self.attempts = 0
         self.retries = 0
         self.retry_slots = 0  # retry-budget slots held until the exchange finishes
@@ -228,7 +222,7 @@ class Exchange:
             slot = service.picker.pick(now, service.panic)
             if slot >= 0:
                 b = service.by_slot[slot]
-                if b is not None and (b.breaker is None or b.breaker.state == "closed"):
+                if b is not None and (b.breaker is None or b.breaker.state == CLOSED):
                     b.selected += 1
                 else:
                     # Picking again instead would skip this backend's round-robin turn for
@@ -278,13 +272,13 @@ class Exchange:
                 svc.config.timeouts.connect,
             )
         except TimeoutError:
-            self.attempt_failed("connect-timeout")
+            self.attempt_failed(F.CONNECT_TIMEOUT)
             return
         except (OSError, asyncio.CancelledError) as exc:
             if isinstance(exc, OSError) and exc.errno in _NO_DESCRIPTORS:
                 self._out_of_descriptors()
             else:
-                self.attempt_failed("connect-failure", str(exc))
+                self.attempt_failed(F.CONNECT_FAILURE)
             return
         if self._finished or self.backend is not b:
             conn.release(svc.config.pool.max_idle)  # the client left while we connected
@@ -445,7 +439,7 @@ class Exchange:
             self.upstream = None
             conn.exchange = None
             conn.abort()
-            self._retry_later("status")
+            self._retry_later(F.BAD_STATUS)
             return
         conn.deadline.deadline = inf  # the head is in; the connection re-arms idle per chunk
         self.status = status
@@ -545,19 +539,19 @@ class Exchange:
                 self._finish(True)
                 self.client.exchange_done(self, self.close_after or not self.req_done)
                 return
-            self.failure = "reset-after-head"
+            self.failure = F.RESET_AFTER_HEAD
             self.upstream = None
             self._finish(False)
             self.client.abort()
             return
-        self.attempt_failed("reset", str(exc) if exc else "closed")
+        self.attempt_failed(F.RESET_BEFORE_HEAD)
 
-    def upstream_failed(self, conn: UpstreamConnection, kind: str, detail: str) -> None:
+    def upstream_failed(self, conn: UpstreamConnection) -> None:
         """The backend broke HTTP (garbage, bad framing)."""
         if not self.response_started:
-            self.attempt_failed(kind, detail)
+            self.attempt_failed(F.PROTOCOL)
             return
-        self.failure = kind
+        self.failure = F.PROTOCOL
         self.upstream = None
         conn.exchange = None
         conn.abort()
@@ -570,17 +564,19 @@ class Exchange:
             self.upstream = None
             conn.exchange = None
             conn.abort()
-            self.attempt_failed("response-head" if kind == "response-head" else "upstream-idle")
+            self.attempt_failed(
+                F.RESPONSE_HEAD_TIMEOUT if kind == "response-head" else F.UPSTREAM_IDLE
+            )
             return
         # Idle while streaming: nothing sensible can be sent; cut both sides.
-        self.failure = f"upstream-{kind}"
+        self.failure = F.UPSTREAM_IDLE
         self.upstream = None
         conn.exchange = None
         conn.abort()
         self._finish(False)
         self.client.abort()
 
-    def attempt_failed(self, kind: str, detail: str = "") -> None:
+    def attempt_failed(self, failure: Failure) -> None:
         if self._finished:
             return
         conn = self.upstream
@@ -602,9 +598,9 @@ class Exchange:
         can_replay = self.replayable and (not self.body_sent or self.req_done)
         if (
             reused
-            and kind == "reset"
+            and failure is F.RESET_BEFORE_HEAD
             and can_replay
-            and self.method in IDEMPOTENT
+            and self.method in F.IDEMPOTENT
             and self.attempts - self.retries == 1
         ):
             # A pooled connection that closed as we reused it, before any answer: the backend
@@ -613,13 +609,13 @@ class Exchange:
             self.dispatch()
             return
         if b is not None:
-            self.client.listener.runtime.record_failure(svc, b, kind)
+            self.client.listener.runtime.record_failure(svc, b, failure)
         retry = self.route.retry if self.route is not None else None
-        if retry is not None and can_replay and retry.allows(self, kind):
-            self._retry_later(kind)
+        if retry is not None and can_replay and retry.allows(self, failure):
+            self._retry_later(failure)
             return
-        self.failure = kind
-        self.reply_error(_FAILURE_STATUS.get(kind, 502))
+        self.failure = failure
+        self.reply_error(failure.status)
 
     def _out_of_descriptors(self) -> None:
         """lb itself could not open a connection: 503, and nothing held against the backend."""
@@ -629,10 +625,10 @@ class Exchange:
         if b is not None and svc is not None:
             self.backend = None
             svc.release(b)
-        self.failure = "no-descriptors"
+        self.failure = F.NO_DESCRIPTORS
         self.reply_error(503)
 
-    def _retry_later(self, kind: str) -> None:
+    def _retry_later(self, failure: Failure) -> None:
         route = self.route
         assert route is not None and route.retry is not None
         b = self.backend
@@ -640,13 +636,13 @@ class Exchange:
         if b is not None and svc is not None:  # a retried status: the backend answered
             self.backend = None
             svc.release(b)
-            self.client.listener.runtime.record_failure(svc, b, kind)
+            self.client.listener.runtime.record_failure(svc, b, failure)
             if self.tried is None:
                 self.tried = [b]
             else:
                 self.tried.append(b)
         self.retries += 1
-        if kind == "connect-failure" or kind == "connect-timeout":
+        if failure.retry == F.CONNECT:
             self.dispatch()  # it never reached the backend: no need to wait
             return
         self.client.loop.call_later(route.retry.backoff(self.retries), self._retry)
@@ -664,7 +660,8 @@ class Exchange:
         if conn is not None:
             conn.exchange = None
             conn.abort()
-        self.failure = self.failure or "client-gone"
+        if self.failure is None:
+            self.failure = F.CLIENT_GONE
         self._finish(False)
 
     # -- flow control ---------------------------------------------------------------------------

@@ -94,9 +94,9 @@ class UpstreamConnection(Writer):
             self._flush(ex)
             ex.upstream_upgraded(self, data[upgrade.args[0] :])
             return
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError:
             if self.exchange is not None:
-                self.exchange.upstream_failed(self, "protocol", str(exc))
+                self.exchange.upstream_failed(self)
             return
         pending = self.pending
         if pending:

@@ -25,6 +25,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ..config import model
+from ..proxy import failures as F
+from ..proxy.failures import Failure
 from ..routing.table import RouteTable
 from ..runtime import set_hook
 from .admission import Admission, Limit, TrustedProxies, key_function
@@ -34,13 +36,7 @@ from .passive import ServiceControl
 from .ratelimit import LocalLimiter
 from .ratelimit_redis import RedisLimiter, client_for
 
-# Failures the exchange reports through record_failure before it gives up: already counted
-# for the backend by the time the exchange finishes.
 DEFAULT_RETRIES = model.Retries()
-
-_ATTEMPT_FAILURES = frozenset(
-    {"connect-failure", "connect-timeout", "reset", "protocol", "response-head", "upstream-idle"}
-)
 
 
 class TrafficControl:
@@ -164,17 +160,21 @@ class TrafficControl:
             sc.configure(svc.config, tls)
 
     # -- outcomes (runtime.observers and runtime.failure_hooks) -----------------------------------
-    def record_failure(self, svc: Any, backend: Any, kind: str) -> None:
+    def record_failure(self, svc: Any, backend: Any, failure: Failure) -> None:
         sc = self.services.get(svc)
         if sc is not None:
-            sc.failed(backend, kind, self.clock())
+            sc.failed(backend, failure, self.clock())
 
     def record(self, ex: Any, ok: bool) -> None:
         b = ex.last_backend
         if b is None:
             return  # lb answered without a backend
         failure = ex.failure
-        if ex.response_started and ex.status < 500 and (not failure or failure == "client-gone"):
+        if (
+            ex.response_started
+            and ex.status < 500
+            and (failure is None or failure is F.CLIENT_GONE)
+        ):
             # The common case, inline: a response from the backend, and not a 5xx.
             now = ex.t0
             breaker = b.breaker
@@ -191,12 +191,14 @@ class TrafficControl:
                 breaker.record(True, now)
             return
         if ex.response_started:
-            failure = "status" if ex.status >= 500 else failure
+            failure = F.BAD_STATUS if ex.status >= 500 else failure
             sc = self.services.get(b.service)
-            if sc is not None:
+            if sc is not None and failure is not None:
                 sc.failed(b, failure, self.clock())
-        elif failure not in _ATTEMPT_FAILURES:
-            return  # no verdict: the client left, or lb answered before the backend did
+        elif failure is None or not failure.attempt:
+            # No verdict: the client left, or lb answered before the backend did. (Failed
+            # attempts were counted for their backends as they failed.)
+            return
         breaker = ex.service.breaker
         if breaker is not None:
             sc = self.services.get(ex.service)

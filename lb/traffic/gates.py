@@ -27,8 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import model
+from ..proxy.failures import CONNECT, CONNECT_FAILURE, STATUS, Failure
 from .breaker import CLOSED, Breaker, BreakerSettings, Caps
-from .retry import CONNECT_FAILURE, RESET, STATUS, TIMEOUT, RetryBudget, RetryPolicy
+from .retry import RetryBudget, RetryPolicy
 
 OVERLOADED = b"x-lb-overloaded: true\r\n"
 REDISPATCHES = 3  # refused connections per request moved on for free (HAProxy's `retries 3`)
@@ -137,17 +138,6 @@ class ServiceGate:
         return False
 
 
-# The exchange's failure kinds in the retry policy's vocabulary. A connect timeout never reached
-# the backend, like a refused connection; a protocol error means the backend may have acted.
-_RETRY_KINDS = {
-    "connect-failure": CONNECT_FAILURE,
-    "connect-timeout": CONNECT_FAILURE,
-    "reset": RESET,
-    "protocol": RESET,
-    "response-head": TIMEOUT,
-}
-
-
 class RouteRetry:
     """`route.retry`: the route's policy, its retry budget and the service's retry cap.
 
@@ -178,13 +168,13 @@ class RouteRetry:
         self.budget = RetryBudget(cfg.budget_percent, cfg.min_retry_concurrency)
         self._exhausted = registry["retry_budget_exhausted"]
 
-    def allows(self, ex: Any, kind: str) -> bool:
-        k = _RETRY_KINDS.get(kind)
-        if k is None:
+    def allows(self, ex: Any, failure: Failure) -> bool:
+        k = failure.retry
+        if not k:
             return False
         policy = self.policy
-        if k == CONNECT_FAILURE:
-            if kind == "connect-failure" and ex.redispatches < REDISPATCHES:
+        if k == CONNECT:
+            if failure is CONNECT_FAILURE and ex.redispatches < REDISPATCHES:
                 # A refused connection costs next to nothing and uses up no attempt: move on
                 # to a backend not tried yet (HAProxy's retries with redispatch).
                 ok = policy.attempts > 1 and policy.should_retry(ex.method, k, None, 1, True)

@@ -25,26 +25,12 @@ from typing import Any
 
 from ..config import model
 from ..health.manager import ServiceHealth, settings_from
+from ..proxy.failures import Failure, counted_by
 from .breaker import HALF_OPEN, OPEN, Breaker, BreakerSettings
 from .gates import ServiceGate, breaker_settings
 from .outlier import OutlierDetector
 
 Clock = Callable[[], float]
-
-_CONNECT = frozenset({"connect-failure", "connect-timeout"})
-_TIMEOUT = frozenset({"connect-timeout", "response-head", "upstream-idle"})
-_SERVER = frozenset({"status", "reset", "protocol", "reset-after-head"})
-
-
-def failure_kinds(failure_on: list[str]) -> frozenset[str]:
-    kinds: set[str] = set()
-    if "connect" in failure_on:
-        kinds |= _CONNECT
-    if "timeout" in failure_on:
-        kinds |= _TIMEOUT
-    if "5xx" in failure_on:
-        kinds |= _SERVER
-    return frozenset(kinds)
 
 
 class BackendBreaker(Breaker):
@@ -115,7 +101,7 @@ class ServiceControl:
         self.loop = loop
         self.gate: ServiceGate | None = None
         self.breaker_settings: BreakerSettings | None = None
-        self.failure_kinds: frozenset[str] = frozenset()
+        self.failure_kinds: frozenset[Failure] = frozenset()
         self.outlier: OutlierDetector | None = None
         self.health: ServiceHealth | None = None
         self._tick_timer: asyncio.TimerHandle | None = None
@@ -139,7 +125,7 @@ class ServiceControl:
         svc.gate = self.gate
         svc.caps = self.gate.caps if self.gate is not None else None
         svc.breaker = self.gate.breaker if self.gate is not None else None
-        self.failure_kinds = failure_kinds(cb.failure_on) if cb is not None else frozenset()
+        self.failure_kinds = counted_by(cb.failure_on) if cb is not None else frozenset()
         settings = breaker_settings(cb) if cb is not None else None
         if settings != self.breaker_settings:
             self.breaker_settings = settings
@@ -218,10 +204,10 @@ class ServiceControl:
             self.health.stop(forget=forget)
 
     # -- outcomes ---------------------------------------------------------------------------------
-    def failed(self, b: Any, kind: str, now: float) -> None:
+    def failed(self, b: Any, failure: Failure, now: float) -> None:
         breaker = b.breaker
         if breaker is not None:
-            breaker.outcome(kind not in self.failure_kinds, now)
+            breaker.outcome(failure not in self.failure_kinds, now)
         det = self.outlier
         if det is not None:
             self._tick(now)  # returns expired ejections and forgives old ones first

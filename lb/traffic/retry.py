@@ -25,14 +25,12 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-CONNECT_FAILURE = "connect-failure"
-RESET = "reset"
-TIMEOUT = "timeout"
-STATUS = "status"
+from ..proxy.failures import CONNECT as CONNECT_FAILURE
+from ..proxy.failures import IDEMPOTENT, RESET, STATUS, TIMEOUT
 
 RETRY_ON = frozenset({"connect-failure", "reset", "5xx", "gateway-error", "retriable-status"})
 GATEWAY_ERRORS = frozenset({502, 503, 504})
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+IDEMPOTENT_METHODS = frozenset(m.decode("ascii") for m in IDEMPOTENT)
 
 
 def _with_bytes(methods: Iterable[str | bytes]) -> frozenset[str | bytes]:
