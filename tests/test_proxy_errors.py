@@ -230,3 +230,20 @@ async def test_backend_idle_while_streaming_cuts(tmp_path):
         raw = await asyncio.wait_for(r.read(), 3)
         assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"partial")
         w.close()
+
+
+async def test_a_bug_while_connecting_still_answers_the_client(tmp_path, caplog):
+    """An exception on a path no protocol callback guards (the connect task) is logged and
+    answered with a 500, instead of leaving the client waiting for nothing."""
+
+    class Broken:
+        def record_failure(self, svc, backend, failure):
+            raise RuntimeError("a bug in a failure hook")
+
+    async with lb_for(tmp_path, [f"127.0.0.1:{free_port()}"]) as lb:
+        lb.server.runtime.failure_hooks.append(Broken())
+        c = await Client.connect(lb.port)
+        r = await c.request(timeout=5)
+        assert r.status == 500 and r.header("connection") == "close"
+        c.close()
+    assert any("internal error forwarding" in rec.message for rec in caplog.records)

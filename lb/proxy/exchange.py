@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 from math import inf
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ def _status_line(status: int) -> bytes:
     return line
 
 
+log = logging.getLogger("lb.proxy")
 _NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 
 
@@ -256,6 +258,12 @@ class Exchange:
             self.client.loop.create_task(self._connect(b))
 
     async def _connect(self, b: Backend) -> None:
+        try:
+            await self._connect_and_send(b)
+        except Exception:
+            self._internal_error()
+
+    async def _connect_and_send(self, b: Backend) -> None:
         svc = self.service
         assert svc is not None
         loop = self.client.loop
@@ -649,7 +657,28 @@ class Exchange:
 
     def _retry(self) -> None:
         if not self._finished:
-            self.dispatch()
+            try:
+                self.dispatch()
+            except Exception:
+                self._internal_error()
+
+    def _internal_error(self) -> None:
+        """A bug in lb on a path no protocol callback guards (a task, a timer): say so loudly
+        and answer, rather than leave the client waiting for nothing."""
+        log.exception("internal error forwarding a request")
+        if self._finished:
+            return
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.exchange = None
+            conn.abort()
+        if self.response_started:
+            self._finish(False)
+            self.client.abort()
+        else:
+            self.keep_alive = False
+            self.reply_error(500)
 
     def client_lost(self) -> None:
         """The client went away mid-exchange."""
