@@ -41,7 +41,7 @@ demo: build
 	$(BIN)/python -m lb.demo configs/demo.yaml
 
 bench: build
-	$(BIN)/python bench/run.py --with-multicore
+	$(BIN)/python bench/run.py --with-multicore --memory
 	$(BIN)/python bench/picker_bench.py
 	$(BIN)/python bench/routing_bench.py
 

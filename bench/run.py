@@ -1185,32 +1185,40 @@ async def hold_connections(pid: int, port: int, count: int) -> dict[str, Any]:
 
 
 def memory_phase(bench: Bench, cpus: list[int]) -> dict[str, Any]:
+    """RSS of each proxy holding the same idle keep-alive client connections, one after the
+    other on the same backends: the figure is the growth over the proxy's own idle RSS."""
     layout = standard_layout(cpus)
     # The client side of every connection lives in this process: keep within our own limit.
     count = min(bench.args.memory_connections, bench.nofile - 256)
     if count < bench.args.memory_connections:
         print(f"\nmemory: RLIMIT_NOFILE {bench.nofile} allows only {count:,} connections")
+    results: dict[str, Any] = {}
     with phase(bench):
         backends = start_backends(bench, layout, "memory-")
-        started = start_proxy(
-            bench, ProxySpec("lb", "lb", layout.proxy_cpus[:1]), backends, "memory-"
-        )
-        if isinstance(started, str):
-            print(f"\nmemory: lb failed to start\n  {indent(started)}")
-            return {"error": started}
-        # A short load first, so lazily built state is in the baseline, not in the delta.
-        run_wrk(bench, started.port, 16, 1, layout.wrk_cpus, 1)
-        time.sleep(1.0)
-        result = asyncio.run(hold_connections(started.proc.pid, started.port, count))
-    per = result["bytes_per_connection"]
-    print(
-        f"\nmemory: lb RSS {result['rss_before_kb'] / 1024:.1f} MiB idle -> "
-        f"{result['rss_after_kb'] / 1024:.1f} MiB holding "
-        f"{result['connections_open_at_measure']:,} of {count:,} keep-alive connections "
-        f"({'-' if per is None else f'{per / 1024:.1f} KiB'} per connection); "
-        f"{result['rss_after_close_kb'] / 1024:.1f} MiB after closing them"
-    )
-    return result
+        for name in ("haproxy", "nginx", "lb"):
+            spec = ProxySpec(name, name, layout.proxy_cpus[:1])
+            started = start_proxy(bench, spec, backends, "memory-")
+            if isinstance(started, str):
+                print(f"\nmemory: {name} failed to start\n  {indent(started)}")
+                results[name] = {"error": started}
+                continue
+            try:
+                # A short load first, so lazily built state is in the baseline, not the delta.
+                run_wrk(bench, started.port, 16, 1, layout.wrk_cpus, 1)
+                time.sleep(1.0)
+                result = asyncio.run(hold_connections(started.proc.pid, started.port, count))
+            finally:
+                bench.procs.stop(started.proc)
+            results[name] = result
+            per = result["bytes_per_connection"]
+            print(
+                f"memory: {name:8} RSS {result['rss_before_kb'] / 1024:6.1f} MiB idle -> "
+                f"{result['rss_after_kb'] / 1024:6.1f} MiB holding "
+                f"{result['connections_open_at_measure']:,} of {count:,} keep-alive connections "
+                f"({'-' if per is None else f'{per / 1024:.1f} KiB'} per connection); "
+                f"{result['rss_after_close_kb'] / 1024:.1f} MiB after closing them"
+            )
+    return results
 
 
 # --------------------------------------------------------------------------------------------
