@@ -54,7 +54,7 @@ class ListenerRuntime:
         self.max_header_size = cfg.limits.max_header_size
         self.max_body_size = cfg.limits.max_body_size
         self.scheme = "https" if cfg.tls else "http"
-        self.proto_line = f"x-forwarded-proto: {self.scheme}\r\n".encode()
+        self.proto_header = (b"x-forwarded-proto", self.scheme.encode())
         self.default_host = f"{cfg.bind[0]}:{cfg.bind[1]}".encode()
         # A plain listener that only sends clients to HTTPS answers every request with 308.
         self.forced_route: Route | None = None

@@ -1,7 +1,7 @@
 # Augmenting declarations for downstream.py: compiled, ClientConnection is an extension type.
 cimport cython
 from lb.proxy.exchange cimport Exchange
-from lb.proxy.headers cimport analyze_request
+from lb.proxy.headers cimport add_lines, analyze_request, join_headers
 from lb.proxy.outbox cimport Writer
 from lb.proxy.timer cimport Deadline
 
@@ -23,11 +23,21 @@ cdef class ClientConnection(Writer):
     cdef public bint lingering
     cdef public long _paused
     cdef public bint closing
+    cdef public bint chunked_out
+    cdef public bint close_after
     cdef public object tunnel
     cdef public Deadline deadline
 
     @cython.locals(ex=Exchange, method=bytes, target=bytes, path=str, query=str, http10=bint)
     cpdef on_headers_complete(self)
+    cpdef send_interim(self, Exchange ex, long status, list headers)
+    @cython.locals(parts=list, close=bint, chunked=bint)
+    cpdef send_head(self, Exchange ex, long status, list headers, Py_ssize_t length)
+    cpdef send_body(self, bytes chunk)
+    cpdef send_end(self, trailers)
+    cpdef Py_ssize_t send_reply(
+        self, Exchange ex, long status, object body, object headers, object content_type
+    ) except -1
     cpdef pause_reading(self, long reason)
     cpdef resume_reading(self, long reason)
     cpdef exchange_done(self, Exchange ex, bint close)
@@ -35,3 +45,5 @@ cdef class ClientConnection(Writer):
 
 
 cpdef str _route_host(raw)
+cpdef bytes _status_line(long status)
+cdef dict _STATUS_LINES

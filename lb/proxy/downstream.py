@@ -16,11 +16,22 @@ import httptools
 from . import responses
 from .exchange import Exchange
 from .flow import PAUSE_BUFFER, PAUSE_QUEUE
-from .headers import BadRequest, analyze_request
+from .headers import BadRequest, add_lines, analyze_request, join_headers
 from .outbox import Writer
 from .timer import Deadline
 
 log = logging.getLogger("lb.proxy")
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        reason = responses.reason(status).encode()
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %b\r\n" % (status, reason)
+    return line
+
+
 # After a response that leaves request bytes unread (413 mid-upload, 429 before the body),
 # input is read and dropped this long before closing: closing with unread input makes the
 # kernel send a reset, which can destroy the response before the client reads it.
@@ -42,6 +53,8 @@ class ClientConnection(Writer):
         "_req",
         "_trailers",
         "_url",
+        "chunked_out",
+        "close_after",
         "closing",
         "current",
         "deadline",
@@ -71,6 +84,8 @@ class ClientConnection(Writer):
         self.in_headers = False
         self._paused = 0
         self.closing = False
+        self.chunked_out = False  # the response being written is chunked
+        self.close_after = False  # the connection ends with the response being written
         self.lingering = False
         self.tunnel: Any = None
         self.deadline = Deadline(self.loop, self._on_timeout)
@@ -233,37 +248,82 @@ class ClientConnection(Writer):
                 self.deadline.clear()  # the body phase is over
             ex.request_complete(self._trailers)
 
+    # -- the response, from the exchange --------------------------------------------------------
+    # The exchange hands over messages; their HTTP/1.1 form (status line, framing, Connection)
+    # is decided here, for the response being written (`chunked_out`, `close_after`).
+    def send_interim(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if not ex.http10:  # 1xx never goes to an HTTP/1.0 client
+            self.write(_status_line(status) + join_headers(headers) + b"\r\n")
+
+    def send_head(
+        self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], length: int
+    ) -> None:
+        """The response head; `length` is the body's, -1 when unknown until its end."""
+        parts = [_STATUS_LINES.get(status) or _status_line(status)]
+        add_lines(parts, headers)
+        if status == 101:
+            parts += (b"connection: upgrade\r\nupgrade: ", ex.info.upgrade or b"", b"\r\n\r\n")
+            self.write(b"".join(parts))
+            return
+        # After an upgrade request answered without 101 the parser is in upgrade mode: close.
+        close = ex.upgrade or not ex.keep_alive or self.closing
+        chunked = False
+        if length >= 0:
+            parts += (b"content-length: ", b"%d" % length, b"\r\n")
+        elif ex.method == b"HEAD" or status == 204 or status == 304:
+            pass
+        elif ex.http10:
+            close = True  # an HTTP/1.0 client cannot take chunks: the close ends the body
+        else:
+            parts.append(b"transfer-encoding: chunked\r\n")
+            chunked = True
+        self.chunked_out = chunked
+        self.close_after = close
+        if close:
+            parts.append(b"connection: close\r\n\r\n")
+        else:
+            parts.append(b"connection: keep-alive\r\n\r\n" if ex.http10 else b"\r\n")
+        self.write(b"".join(parts))
+
+    def send_body(self, chunk: bytes) -> None:
+        self.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked_out else chunk)
+
+    def send_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        if self.chunked_out:
+            self.write(b"0\r\n" + join_headers(trailers) + b"\r\n")
+
+    def send_reply(
+        self,
+        ex: Exchange,
+        status: int,
+        body: bytes | None,
+        headers: list[tuple[bytes, bytes]] | None,
+        content_type: bytes | None,
+    ) -> int:
+        """An answer of lb's own, whole; its length. `body` None: the canned error page."""
+        close = not ex.keep_alive or not ex.req_done or ex.upgrade or self.closing
+        self.close_after = close
+        if body is None and headers is None:
+            data = responses.error(status, close)
+        else:
+            data = responses.build(
+                status,
+                body if body is not None else responses.error_body(status),
+                close=close,
+                extra=join_headers(headers) if headers else b"",
+                content_type=content_type,
+            )
+        if ex.method == b"HEAD":
+            data = data[: data.index(b"\r\n\r\n") + 4]
+        self.write(data)
+        return len(data)
+
     # -- helpers for the exchange ---------------------------------------------------------------
     def body_limit(self, ex: Exchange) -> int | None:
         route = ex.route
         if route is not None and route.max_body_size is not None:
             return route.max_body_size
         return self.listener.max_body_size
-
-    def reject_body(self, ex: Exchange) -> None:
-        if ex.response_started:
-            self.abort()
-        else:
-            ex.req_done = False
-            ex.keep_alive = False
-            conn = ex.upstream
-            if conn is not None:
-                ex.upstream = None
-                conn.exchange = None
-                conn.abort()
-            ex.reply_error(413)
-
-    def redirect_target(self, ex: Exchange, r: Any) -> tuple[int, bytes]:
-        scheme = r.scheme or self.listener.scheme
-        host = r.host or (ex.info.host or self.listener.default_host).decode("latin-1")
-        if r.host or r.port:
-            host = host.split(":")[0] if not host.startswith("[") else host
-        if r.port:
-            host = f"{host}:{r.port}"
-        path = r.path or ex.path
-        if ex.query and not r.path:
-            path = f"{path}?{ex.query}"
-        return r.status, f"{scheme}://{host}{path}".encode("latin-1")
 
     def pause_reading(self, reason: int) -> None:
         if not self._paused:
@@ -289,6 +349,9 @@ class ClientConnection(Writer):
         self.current = None
         if self._req is ex:
             self._req = None
+        close = close or self.close_after
+        self.close_after = False
+        self.chunked_out = False
         if close or self.closing:
             self._close_after_write(not ex.req_done)
             return

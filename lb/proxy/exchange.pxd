@@ -2,9 +2,7 @@
 cimport cython
 
 from lb.proxy.downstream cimport ClientConnection
-from lb.proxy.headers cimport (
-    RequestInfo, ResponseInfo, add_lines, analyze_response, join_headers,
-)
+from lb.proxy.headers cimport RequestInfo, ResponseInfo
 from lb.proxy.upstream cimport UpstreamConnection
 
 
@@ -26,19 +24,15 @@ cdef class Exchange:
     cdef public object backend
     cdef public UpstreamConnection upstream
     cdef public object upstream_name
-    cdef public bytes head
     cdef public list body_buf
     cdef public Py_ssize_t body_bytes
     cdef public bint body_sent
     cdef public bint replayable
     cdef public bint req_done
+    cdef public object trailers
     cdef public bint started
     cdef public bint response_started
     cdef public bint response_done
-    cdef public bint chunked_out
-    cdef public bint until_eof
-    cdef public bint close_after
-    cdef public bint interim
     cdef public bint upgrade
     cdef public bint tunnel
     cdef public object early
@@ -50,7 +44,6 @@ cdef class Exchange:
     cdef public long retry_slots
     cdef public long redispatches
     cdef public list tried
-    cdef public bint upstream_keepalive
     cdef public bint _finished
     cdef public bint _paused_upstream
     cdef public object gate
@@ -60,18 +53,18 @@ cdef class Exchange:
     cpdef forward(self)
     @cython.locals(info=RequestInfo)
     cpdef dispatch(self)
-    @cython.locals(parts=list, info=RequestInfo, headers=list)
-    cpdef bytes _request_head(self)
+    @cython.locals(info=RequestInfo, headers=list, forwarded=list)
     cpdef _send(self, UpstreamConnection conn)
+    cpdef _await_response_head(self, UpstreamConnection conn)
     cpdef request_body(self, bytes chunk)
     cpdef request_complete(self, trailers)
-    @cython.locals(parts=list, info=ResponseInfo, fwd=list)
-    cpdef response_head(self, UpstreamConnection conn, long status, list headers, bint keep_alive)
+    cpdef response_interim(self, long status, list headers)
+    @cython.locals(fwd=list)
+    cpdef response_head(self, UpstreamConnection conn, long status, ResponseInfo info)
+    cpdef response_body(self, bytes chunk)
+    cpdef response_end(self, trailers)
     cpdef double idle_timeout(self) except? -1.0
-    cpdef response_complete(self, UpstreamConnection conn, trailers)
     cpdef response_finished(self, UpstreamConnection conn)
-    cpdef write_client(self, data)
-    cpdef bint must_close(self) except -1
-    cpdef reply(self, long status, bytes data)
-    cpdef reply_error(self, long status, bytes extra=*)
+    cpdef reply(self, long status, object body=*, object headers=*, object content_type=*)
+    cpdef reply_error(self, long status, object headers=*)
     cpdef _finish(self, bint ok)

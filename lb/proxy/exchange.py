@@ -10,37 +10,25 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from math import inf
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from ..balancer.backend import Backend
 from ..balancer.service import Service
-from ..routing.route import Route
+from ..routing.route import Route, redirect_location
 from ..traffic.breaker import CLOSED
 from . import failures as F
 from . import responses
 from . import upstream as _upstream  # a module import: compiled, upstream cimports Exchange
 from .failures import Failure
 from .flow import PAUSE_BUFFER, PAUSE_UPSTREAM
-from .headers import RequestInfo, add_lines, analyze_response, join_headers
+from .headers import RequestInfo, ResponseInfo
 
 if TYPE_CHECKING:
     from .upstream import UpstreamConnection
 
 REPLAY_LIMIT = 64 * 1024  # request bytes kept for a retry; beyond this, no retry
 BUFFER_LIMIT = 256 * 1024  # body bytes held while connecting before the client is paused
-_STATUS_LINES: dict[int, bytes] = {}
-
-
-def _status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %b\r\n" % (
-            status,
-            responses.reason(status).encode(),
-        )
-    return line
 
 
 log = logging.getLogger("lb.proxy")
@@ -56,16 +44,12 @@ class Exchange:
         "body_buf",
         "body_bytes",
         "body_sent",
-        "chunked_out",
         "client",
-        "close_after",
         "early",
         "failure",
         "gate",
-        "head",
         "http10",
         "info",
-        "interim",
         "keep_alive",
         "last_backend",
         "method",
@@ -86,12 +70,11 @@ class Exchange:
         "t0",
         "t_upstream",
         "target",
+        "trailers",
         "tried",
         "tunnel",
-        "until_eof",
         "upgrade",
         "upstream",
-        "upstream_keepalive",
         "upstream_name",
     )
 
@@ -123,7 +106,6 @@ class Exchange:
         self.backend: Backend | None = None
         self.upstream: UpstreamConnection | None = None
         self.upstream_name = ""
-        self.head = b""
         self.body_buf: list[bytes] = []
         self.body_bytes = 0
         self.body_sent = False  # body bytes went to a backend that may have consumed them
@@ -133,10 +115,6 @@ class Exchange:
         self.started = False
         self.response_started = False
         self.response_done = False
-        self.chunked_out = False
-        self.until_eof = False
-        self.close_after = False
-        self.interim = False
         self.upgrade = False
         self.tunnel = False
         self.early = b""
@@ -147,8 +125,8 @@ class Exchange:
         self.retries = 0
         self.retry_slots = 0  # retry-budget slots held until the exchange finishes
         self.redispatches = 0  # refused connections moved on without using up an attempt
+        self.trailers: list[tuple[bytes, bytes]] | None = None  # once the request is complete
         self.tried: list[Backend] | None = None  # backends that failed it, once one has
-        self.upstream_keepalive = True
         self._finished = False
         self._paused_upstream = False
         self.gate: Any = None
@@ -158,36 +136,23 @@ class Exchange:
     def start(self) -> None:
         self.started = True
         route = self.route
-        client = self.client
         if route is None:
             self.reply_error(404)
             return
         if route.fixed is not None:
-            status, lines, body = route.fixed
-            self.reply(
-                status,
-                responses.build(
-                    status,
-                    body,
-                    close=self.must_close(),
-                    extra=lines,
-                    content_type=None,  # the route's lines carry it
-                    head_only=self.method == b"HEAD",
-                ),
-            )
+            status, headers, body = route.fixed
+            self.reply(status, body, headers, None)  # the route's headers carry the type
             return
         if route.redirect is not None:
-            status, location = client.redirect_target(self, route.redirect)
-            self.reply(
-                status,
-                responses.build(
-                    status,
-                    b"",
-                    close=self.must_close(),
-                    extra=b"location: " + location + b"\r\n",
-                    head_only=self.method == b"HEAD",
-                ),
+            listener = self.client.listener
+            status, location = redirect_location(
+                route.redirect,
+                listener.scheme,
+                (self.info.host or listener.default_host).decode("latin-1"),
+                self.path,
+                self.query,
             )
+            self.reply(status, b"", [(b"location", location)])
             return
         if route.limiter is not None and not route.limiter.admit(self):
             return  # the limiter answered 429, or calls forward() once it has decided
@@ -250,7 +215,7 @@ class Exchange:
             # waiting on a backend that may never answer 100).
             info.expect_continue = False
             if not self.req_done and not self.body_bytes:
-                self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.client.send_interim(self, 100, [])
         conn = _upstream.take_idle(b)
         if conn is not None:
             self._send(conn)
@@ -293,9 +258,10 @@ class Exchange:
             return
         self._send(conn)
 
-    def _request_head(self) -> bytes:
-        if self.head:
-            return self.head
+    def _send(self, conn: UpstreamConnection) -> None:
+        """The request to a connection: its head as routing rewrote it, the headers lb adds,
+        and whatever of the body is here already (all of it again for a retry)."""
+        self.upstream = conn
         info = self.info
         route = self.route
         assert route is not None
@@ -309,43 +275,13 @@ class Exchange:
         client = self.client
         listener = client.listener
         xff = client.peer_ip if info.xff is None else info.xff + b", " + client.peer_ip
-        parts = [self.method, b" ", target, b" HTTP/1.1\r\n"]
-        add_lines(parts, headers)
-        parts += (
-            b"host: ",
-            info.host or listener.default_host,
-            b"\r\nx-forwarded-for: ",
-            xff,
-            b"\r\n",
-            listener.proto_line,
-            b"x-request-id: ",
-            info.request_id or b"",
-            b"\r\n",
-        )
+        forwarded = [
+            (b"x-forwarded-for", xff),
+            listener.proto_header,
+            (b"x-request-id", info.request_id or b""),
+        ]
         if info.host is not None:
-            parts += (b"x-forwarded-host: ", info.host, b"\r\n")
-        if self.upgrade:
-            parts += (b"connection: upgrade\r\nupgrade: ", info.upgrade or b"", b"\r\n")
-        if info.chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        elif info.content_length is not None:
-            parts += (b"content-length: ", b"%d" % info.content_length, b"\r\n")
-        parts.append(b"\r\n")
-        self.head = b"".join(parts)
-        return self.head
-
-    def _send(self, conn: UpstreamConnection) -> None:
-        self.upstream = conn
-        svc = self.service
-        assert svc is not None
-        data = self._request_head()
-        if self.body_buf:
-            data = b"".join([data, *self.body_buf])
-            self.body_sent = True
-            if not self.replayable:
-                self.body_buf = []
-        if self.early:
-            data += self.early
+            forwarded.append((b"x-forwarded-host", info.host))
         if self.req_done:
             self._await_response_head(conn)
         else:
@@ -353,9 +289,22 @@ class Exchange:
             # wait for the response head starts once the request is complete.
             conn.deadline.set(self.idle_timeout(), "idle")
         self.t_upstream = monotonic()
-        conn.send(self, data, self.method == b"HEAD")
-        if self.client._paused:
-            self.client.resume_reading(PAUSE_BUFFER)
+        authority = info.host or listener.default_host
+        conn.send_request(
+            self, self.method, target, headers, info, authority, forwarded, self.upgrade
+        )
+        if self.body_buf:
+            for chunk in self.body_buf:
+                conn.send_body(chunk)
+            self.body_sent = True
+            if not self.replayable:
+                self.body_buf = []
+        if self.req_done and self.trailers is not None:
+            conn.send_end(self.trailers)
+        if self.early:
+            conn.write(self.early)
+        if client._paused:
+            client.resume_reading(PAUSE_BUFFER)
 
     def _await_response_head(self, conn: UpstreamConnection) -> None:
         route = self.route
@@ -379,62 +328,56 @@ class Exchange:
             # A queued exchange cannot answer yet; its reading is paused, which bounds it.
             limit = self.client.body_limit(self)
             if limit is not None and self.body_bytes > limit:
-                self.client.reject_body(self)
+                self._body_too_large()
                 return
-        framed = b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.info.chunked else chunk
         conn = self.upstream
         if conn is not None and not conn.closed and conn.transport is not None:
-            conn.write(framed)
+            conn.send_body(chunk)
             self.body_sent = True
             if not self.response_started:
                 conn.deadline.set(self.idle_timeout(), "idle")
             if self.replayable:
-                self._keep_for_replay(framed)
+                self._keep_for_replay(chunk)
             return
-        self.body_buf.append(framed)
+        self.body_buf.append(chunk)
         if self.replayable and self.body_bytes > REPLAY_LIMIT:
             self.replayable = False
         if sum(map(len, self.body_buf)) > BUFFER_LIMIT:
             self.client.pause_reading(PAUSE_BUFFER)
 
-    def _keep_for_replay(self, framed: bytes) -> None:
+    def _keep_for_replay(self, chunk: bytes) -> None:
         if self.body_bytes > REPLAY_LIMIT:
             self.replayable = False
             self.body_buf = []
         else:
-            self.body_buf.append(framed)
+            self.body_buf.append(chunk)
 
     def request_complete(self, trailers: list[tuple[bytes, bytes]]) -> None:
         self.req_done = True
+        self.trailers = trailers  # kept for a retry, which sends the body again
         conn = self.upstream
-        live = conn is not None and not conn.closed and conn.transport is not None
-        if live and not self.response_started:
-            self._await_response_head(conn)
-        if not self.info.chunked:
+        if conn is not None and not conn.closed and conn.transport is not None:
+            if not self.response_started:
+                self._await_response_head(conn)
+            conn.send_end(trailers)
+
+    def _body_too_large(self) -> None:
+        if self.response_started:
+            self.client.abort()
             return
-        end = b"0\r\n" + join_headers(trailers) + b"\r\n"
-        if live:
-            conn.write(end)
-            if self.replayable:
-                self.body_buf.append(end)
-        else:
-            self.body_buf.append(end)
+        self.req_done = False
+        self.keep_alive = False
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.abort()
+        self.reply_error(413)
 
     # -- response from the backend --------------------------------------------------------------
-    def response_head(
-        self,
-        conn: UpstreamConnection,
-        status: int,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-    ) -> None:
-        svc = self.service
-        assert svc is not None
-        if status < 200 and status != 101:
-            self.interim = True
-            if not self.http10:  # 1xx never goes to an HTTP/1.0 client
-                conn.pending.append(_status_line(status) + join_headers(headers) + b"\r\n")
-            return
+    def response_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.client.send_interim(self, status, headers)
+
+    def response_head(self, conn: UpstreamConnection, status: int, info: ResponseInfo) -> None:
         route = self.route
         if (
             status >= 500
@@ -445,50 +388,27 @@ class Exchange:
         ):
             # Retry on a status: this answer is dropped unseen, with its connection.
             self.upstream = None
-            conn.exchange = None
             conn.abort()
             self._retry_later(F.BAD_STATUS)
             return
-        conn.deadline.deadline = inf  # the head is in; the connection re-arms idle per chunk
         self.status = status
         self.response_started = True
-        self.upstream_keepalive = keep_alive
-        info = analyze_response(headers)
         fwd = info.forward
         if route is not None and route.response_rules is not None:
             fwd = route.response_rules.apply(fwd)
-        line = _STATUS_LINES.get(status) or _status_line(status)
-        parts = [line]
-        add_lines(parts, fwd)
         if status == 101:
             self.tunnel = self.upgrade
-            parts += (b"connection: upgrade\r\nupgrade: ", self.info.upgrade or b"", b"\r\n\r\n")
-            conn.pending.append(b"".join(parts))
-            return
-        if self.upgrade:
-            self.close_after = True  # the client's parser is in upgrade mode; start afresh
-        no_body = self.method == b"HEAD" or status in (204, 304)
-        if info.content_length is not None:
-            parts += (b"content-length: ", b"%d" % info.content_length, b"\r\n")
-        elif no_body:
-            pass
-        else:
-            # Chunked, or a body that runs until the backend closes: chunk it for an HTTP/1.1
-            # client; an HTTP/1.0 client cannot take chunks, so its body ends with the close.
-            self.until_eof = not info.chunked
-            if self.http10:
-                self.close_after = True
-            else:
-                parts.append(b"transfer-encoding: chunked\r\n")
-                self.chunked_out = True
-        client = self.client
-        if not self.keep_alive or client.closing:
-            self.close_after = True
-        if self.close_after:
-            parts.append(b"connection: close\r\n\r\n")
-        else:
-            parts.append(b"connection: keep-alive\r\n\r\n" if self.http10 else b"\r\n")
-        conn.pending.append(b"".join(parts))
+        length = info.content_length
+        self.client.send_head(self, status, fwd, -1 if length is None else length)
+
+    def response_body(self, chunk: bytes) -> None:
+        self.resp_bytes += len(chunk)
+        self.client.send_body(chunk)
+
+    def response_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        if not self.tunnel:
+            self.client.send_end(trailers)
+            self.response_done = True
 
     def idle_timeout(self) -> float:
         route, svc = self.route, self.service
@@ -496,32 +416,17 @@ class Exchange:
             return float(route.idle_timeout)
         return float(svc.config.timeouts.idle) if svc is not None else 60.0
 
-    def response_complete(
-        self, conn: UpstreamConnection, trailers: list[tuple[bytes, bytes]]
-    ) -> None:
-        if self.interim:
-            self.interim = False
-            return
-        if self.tunnel:
-            return
-        if self.chunked_out:
-            conn.pending.append(b"0\r\n" + join_headers(trailers) + b"\r\n")
-        self.response_done = True
-
     def response_finished(self, conn: UpstreamConnection) -> None:
-        """The whole response is written to the client: settle both connections."""
+        """The whole response is handed to the client: settle both connections."""
         svc = self.service
         assert svc is not None
         self.upstream = None
-        if self.req_done and self.upstream_keepalive and not conn.closed:
+        if self.req_done:
             conn.release(svc.config.pool.max_idle)
         else:
             conn.close()
         self._finish(True)
-        self.client.exchange_done(self, self.close_after or not self.req_done)
-
-    def write_client(self, data: bytes) -> None:
-        self.client.write(data)
+        self.client.exchange_done(self, not self.req_done)
 
     # -- tunnel ---------------------------------------------------------------------------------
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
@@ -534,19 +439,10 @@ class Exchange:
         self.client.start_tunnel(self, conn, rest)
 
     # -- failures -------------------------------------------------------------------------------
-    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
         if self._finished:
             return
         if self.response_started:
-            if self.until_eof:
-                # A close-delimited body: the backend's close is the end of the response.
-                if self.chunked_out:
-                    self.client.write(b"0\r\n\r\n")
-                self.response_done = True
-                self.upstream = None
-                self._finish(True)
-                self.client.exchange_done(self, self.close_after or not self.req_done)
-                return
             self.failure = F.RESET_AFTER_HEAD
             self.upstream = None
             self._finish(False)
@@ -702,43 +598,33 @@ class Exchange:
 
     def client_paused(self) -> None:
         conn = self.upstream
-        if conn is not None and conn.transport is not None and not self._paused_upstream:
+        if conn is not None and not self._paused_upstream:
             self._paused_upstream = True
-            conn.transport.pause_reading()
+            conn.pause_reading()
 
     def client_resumed(self) -> None:
         conn = self.upstream
-        if self._paused_upstream and conn is not None and conn.transport is not None:
+        if self._paused_upstream and conn is not None:
             self._paused_upstream = False
-            conn.transport.resume_reading()
+            conn.resume_reading()
 
     # -- endings --------------------------------------------------------------------------------
-    def must_close(self) -> bool:
-        """Whether the client connection ends after a response lb writes itself."""
-        return not self.keep_alive or not self.req_done or self.upgrade or self.client.closing
-
-    def reply(self, status: int, data: bytes) -> None:
-        """lb answers itself (error, redirect, fixed page, rate limit); `data` was built with
-        must_close() deciding its Connection header."""
+    def reply(
+        self,
+        status: int,
+        body: bytes | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        content_type: bytes | None = responses.TEXT,
+    ) -> None:
+        """lb answers itself (error, redirect, fixed page, rate limit); `body` None: the
+        canned page for the status."""
         self.status = status
-        self.resp_bytes = len(data)
-        close = self.must_close()
+        self.resp_bytes = self.client.send_reply(self, status, body, headers, content_type)
         self._finish(status < 500)
-        self.client.write(data)
-        self.client.exchange_done(self, close)
+        self.client.exchange_done(self, False)  # send_reply decided whether to close
 
-    def reply_error(self, status: int, extra: bytes = b"") -> None:
-        close = self.must_close()
-        data = (
-            responses.error(status, close)
-            if not extra
-            else responses.build(
-                status, f"{status} {responses.reason(status)}\n".encode(), close=close, extra=extra
-            )
-        )
-        if self.method == b"HEAD":
-            data = data[: data.index(b"\r\n\r\n") + 4]
-        self.reply(status, data)
+    def reply_error(self, status: int, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.reply(status, None, headers)
 
     def _finish(self, ok: bool) -> None:
         if self._finished:

@@ -2,6 +2,8 @@
 
 from http import HTTPStatus
 
+TEXT = b"text/plain; charset=utf-8"
+
 
 def reason(status: int) -> str:
     try:
@@ -16,7 +18,7 @@ def build(
     *,
     close: bool,
     extra: bytes = b"",
-    content_type: bytes | None = b"text/plain; charset=utf-8",
+    content_type: bytes | None = TEXT,
     head_only: bool = False,
 ) -> bytes:
     """A complete HTTP/1.1 response; `extra` holds ready header lines ("name: value\\r\\n").
@@ -36,10 +38,14 @@ def build(
 _CACHE: dict[tuple[int, bool], bytes] = {}
 
 
+def error_body(status: int) -> bytes:
+    return f"{status} {reason(status)}\n".encode()
+
+
 def error(status: int, close: bool) -> bytes:
     """The short canned error page for a status; these never vary, so they are cached."""
     key = (status, close)
     cached = _CACHE.get(key)
     if cached is None:
-        cached = _CACHE[key] = build(status, f"{status} {reason(status)}\n".encode(), close=close)
+        cached = _CACHE[key] = build(status, error_body(status), close=close)
     return cached

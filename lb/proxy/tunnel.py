@@ -33,7 +33,7 @@ class Tunnel:
         self.deadline.set(self.idle, "tunnel-idle")
         self.backend.write(data)
 
-    def upstream_lost(self, conn: Any, exc: Exception | None) -> None:
+    def upstream_lost(self, conn: Any) -> None:
         self.client.tunnel = None
         self.close()
 

@@ -2,6 +2,7 @@
 cimport cython
 
 from lb.proxy.exchange cimport Exchange
+from lb.proxy.headers cimport RequestInfo, add_lines, analyze_response, join_headers
 from lb.proxy.outbox cimport Writer
 from lb.proxy.timer cimport Deadline
 
@@ -19,20 +20,33 @@ cdef class UpstreamConnection(Writer):
     cdef public bint saw_bytes
     cdef public bint raw
     cdef public bint dirty
-    cdef public list pending
+    cdef public bint chunked_request
+    cdef public bint interim
+    cdef public bint started
+    cdef public bint until_eof
+    cdef public bint keep_alive
+    cdef public bint done
     cdef public list _headers
     cdef public Deadline deadline
 
-    @cython.locals(ex=Exchange, pending=list)
+    @cython.locals(ex=Exchange)
     cpdef data_received(self, data)
     cpdef on_header(self, name, value)
-    @cython.locals(ex=Exchange, headers=list)
+    @cython.locals(ex=Exchange, headers=list, status=long)
     cpdef on_headers_complete(self)
     @cython.locals(ex=Exchange)
     cpdef on_body(self, body)
     @cython.locals(ex=Exchange, headers=list)
     cpdef on_message_complete(self)
-    cpdef send(self, exchange, bytes data, bint head_only)
+    @cython.locals(parts=list)
+    cpdef send_request(
+        self, exchange, bytes method, bytes target, list headers, RequestInfo info,
+        bytes authority, list forwarded, bint upgrade
+    )
+    cpdef send_body(self, bytes chunk)
+    cpdef send_end(self, trailers)
+    cpdef pause_reading(self)
+    cpdef resume_reading(self)
     cpdef release(self, Py_ssize_t max_idle)
     cpdef close(self)
     cpdef abort(self)

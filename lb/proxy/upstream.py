@@ -1,4 +1,11 @@
-"""Backend connections: a keep-alive pool per backend and the response side of an exchange.
+"""The HTTP/1.1 backend side: a keep-alive pool per backend, each connection writing the
+requests an exchange forwards and handing it the responses as messages.
+
+What the exchange sees of a response: `response_interim(status, headers)` for a 1xx, then
+`response_head(conn, status, info)` (the headers to forward and the body's length, hop-by-hop
+headers gone), `response_body(chunk)` per piece of body without its framing, and
+`response_end(trailers)`; after the read in which it ended, `response_finished(conn)`. Bytes
+on the wire (request line, chunked framing, Connection) are this module's business alone.
 
 A connection goes back to the pool only when its last response was read to the end, the
 request was fully written, and neither side asked to close; a connection the backend closes
@@ -13,6 +20,7 @@ from typing import Any
 import httptools
 
 from ..balancer.backend import Backend
+from .headers import RequestInfo, add_lines, analyze_response, join_headers
 from .outbox import Outbox, Writer
 from .timer import Deadline
 
@@ -21,18 +29,23 @@ class UpstreamConnection(Writer):
     __slots__ = (
         "_headers",
         "backend",
+        "chunked_request",
         "closed",
         "deadline",
         "dirty",
+        "done",
         "exchange",
         "head_only",
         "idle_timeout",
+        "interim",
+        "keep_alive",
         "loop",
         "parser",
-        "pending",
         "raw",
         "reused",
         "saw_bytes",
+        "started",
+        "until_eof",
     )
 
     def __init__(
@@ -54,7 +67,12 @@ class UpstreamConnection(Writer):
         self.saw_bytes = False
         self.raw = False  # tunnelling: bytes go straight to the client
         self.dirty = False  # the backend broke framing: close instead of pooling
-        self.pending: list[bytes] = []
+        self.chunked_request = False  # the request body goes out in chunks
+        self.interim = False  # a 1xx head is in: its end is not the response's
+        self.started = False  # the final response head is in
+        self.until_eof = False  # the response body ends when the backend closes
+        self.keep_alive = True  # the response let the connection be reused
+        self.done = False  # the response is complete
         self._headers: list[tuple[bytes, bytes]] = []
         self.deadline = Deadline(loop, self._on_timeout)
 
@@ -69,51 +87,49 @@ class UpstreamConnection(Writer):
             self.backend.open_conns -= 1
         self.deadline.cancel()
         ex = self.exchange
-        if ex is not None:
-            self.exchange = None
-            ex.upstream_lost(self, exc)
-        else:
+        if ex is None:
             try:
                 self.backend.idle.remove(self)
             except ValueError:
                 pass
+            return
+        self.exchange = None
+        if self.raw:
+            ex.upstream_lost(self)  # a Tunnel
+        elif self.started and self.until_eof and not self.done:
+            # A close-delimited body: the backend's close is the end of the response.
+            self.done = True
+            ex.response_end([])
+            ex.response_finished(self)
+        else:
+            ex.upstream_lost(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.exchange is None:
+        if self.raw:
+            tunnel = self.exchange
+            if tunnel is not None:
+                tunnel.to_client(data)
+            return
+        ex = self.exchange
+        if ex is None:
             # Bytes on an idle connection: the backend is confused; never reuse it.
             self.close()
             return
-        if self.raw:
-            self.exchange.to_client(data)  # a Tunnel
-            return
-        ex = self.exchange
         self.saw_bytes = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._flush(ex)
             ex.upstream_upgraded(self, data[upgrade.args[0] :])
             return
         except httptools.HttpParserError:
             if self.exchange is not None:
                 self.exchange.upstream_failed(self)
             return
-        pending = self.pending
-        if pending:
-            # One write per received chunk: head and body of a small response leave together.
-            self.pending = []
-            ex.client.write(b"".join(pending) if len(pending) > 1 else pending[0])
         if self.exchange is ex:
-            if ex.response_done:
+            if self.done:
                 ex.response_finished(self)
-            elif ex.response_started:
+            elif self.started:
                 self.deadline.set(ex.idle_timeout(), "idle")
-
-    def _flush(self, ex: Any) -> None:
-        if self.pending:
-            out = self.pending
-            self.pending = []
-            ex.write_client(b"".join(out) if len(out) > 1 else out[0])
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -136,12 +152,25 @@ class UpstreamConnection(Writer):
         headers = self._headers
         self._headers = []
         ex = self.exchange
-        if ex is not None:
-            parser = self.parser
-            status = parser.get_status_code()
-            ex.response_head(self, status, headers, parser.should_keep_alive())
-            if self.head_only and status >= 200:
-                ex.response_complete(self, [])
+        if ex is None:
+            return
+        parser = self.parser
+        status = parser.get_status_code()
+        if status < 200 and status != 101:
+            self.interim = True
+            ex.response_interim(status, headers)
+            return
+        info = analyze_response(headers)
+        self.started = True
+        self.keep_alive = parser.should_keep_alive()
+        self.deadline.deadline = inf  # the head is in; data_received re-arms idle per chunk
+        self.until_eof = not (
+            info.chunked or info.content_length is not None or self.head_only or status == 101
+        ) and status not in (204, 304)
+        ex.response_head(self, status, info)
+        if self.head_only and self.exchange is ex:
+            self.done = True
+            ex.response_end([])
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
@@ -151,30 +180,81 @@ class UpstreamConnection(Writer):
                 self.reused = False
                 self.dirty = True
                 return
-            ex.resp_bytes += len(body)
-            self.pending.append(b"%x\r\n%b\r\n" % (len(body), body) if ex.chunked_out else body)
+            ex.response_body(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False  # a 1xx is a message of its own: the response goes on
+            return
         ex = self.exchange
         if ex is not None and not self.head_only:
             headers = self._headers  # after a body: trailers of a chunked response
             self._headers = []
-            ex.response_complete(self, headers)
+            self.done = True
+            ex.response_end(headers)
+
+    # -- the request, from the exchange ---------------------------------------------------------
+    def send_request(
+        self,
+        exchange: Any,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        info: RequestInfo,
+        authority: bytes,
+        forwarded: list[tuple[bytes, bytes]],
+        upgrade: bool,
+    ) -> None:
+        """The request head: `headers` as routing left them, then the ones lb adds."""
+        self.exchange = exchange
+        self.head_only = method == b"HEAD"
+        self.saw_bytes = False
+        self.started = self.done = self.interim = self.until_eof = False
+        self.keep_alive = True
+        parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+        add_lines(parts, headers)
+        parts += (b"host: ", authority, b"\r\n")
+        add_lines(parts, forwarded)
+        if upgrade:
+            parts += (b"connection: upgrade\r\nupgrade: ", info.upgrade or b"", b"\r\n")
+        self.chunked_request = info.chunked
+        if info.chunked:
+            parts.append(b"transfer-encoding: chunked\r\n\r\n")
+        elif info.content_length is not None:
+            parts += (b"content-length: ", b"%d" % info.content_length, b"\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        self.write(b"".join(parts))
+
+    def send_body(self, chunk: bytes) -> None:
+        self.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked_request else chunk)
+
+    def send_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        if self.chunked_request:
+            self.write(b"0\r\n" + join_headers(trailers) + b"\r\n")
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def send(self, exchange: Any, data: bytes, head_only: bool) -> None:
-        self.exchange = exchange
-        self.head_only = head_only
-        self.saw_bytes = False
-        self.write(data)
-
     def release(self, max_idle: int) -> None:
-        """Back to the pool, or closed when the pool is full."""
+        """Back to the pool, or closed when it cannot be reused or the pool is full."""
         self.exchange = None
         if self.head_only:
             # The parser still expects the body the headers announced; start afresh.
             self.parser = httptools.HttpResponseParser(self)
-        if self.closed or self.dirty or len(self.backend.idle) >= max_idle or self.backend.removed:
+        if (
+            self.closed
+            or self.dirty
+            or not self.keep_alive
+            or len(self.backend.idle) >= max_idle
+            or self.backend.removed
+        ):
             self.close()
             return
         self.reused = True
@@ -196,6 +276,7 @@ class UpstreamConnection(Writer):
             pass
 
     def abort(self) -> None:
+        self.exchange = None
         self.discard_output()
         if self.transport is not None:
             self.transport.abort()

@@ -165,7 +165,7 @@ class Route:
     limiter: Any = None  # set by the runtime: a rate-limit gate
     retry: Any = None  # set by the runtime: retry policy and budget
     redirect: model.Redirect | None = None
-    fixed: tuple[int, bytes, bytes] | None = None  # `respond`: status, header lines, body
+    fixed: tuple[int, Headers, bytes] | None = None  # `respond`: status, headers, body
     stats: Any = None  # per-route counters, attached by observe
 
     def path_ok(self, path: str) -> bool:
@@ -265,10 +265,26 @@ def _order(
     return (0 if has_priority else 1, -(r.priority or 0), host_rank, path_rank, extra, index)
 
 
-def fixed_response(resp: model.Respond) -> tuple[int, bytes, bytes]:
-    """(status, header lines, body) for a `respond` action; framing is added when sent."""
-    names = {n.lower() for n in resp.headers}
-    lines = "".join(f"{n}: {v}\r\n" for n, v in resp.headers.items())
-    if "content-type" not in names:
-        lines += "content-type: text/plain; charset=utf-8\r\n"
-    return resp.status, lines.encode("latin-1"), resp.body.encode()
+def fixed_response(resp: model.Respond) -> tuple[int, Headers, bytes]:
+    """(status, headers, body) for a `respond` action; framing is added when sent."""
+    headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in resp.headers.items()]
+    if not any(n.lower() == b"content-type" for n, _ in headers):
+        headers.append((b"content-type", b"text/plain; charset=utf-8"))
+    return resp.status, headers, resp.body.encode()
+
+
+def redirect_location(
+    r: model.Redirect, scheme: str, host: str, path: str, query: str
+) -> tuple[int, bytes]:
+    """(status, Location) for a `redirect` action, from the request's scheme, Host (or the
+    listener's address), path and query; each part the redirect names replaces it."""
+    scheme = r.scheme or scheme
+    host = r.host or host
+    if r.host or r.port:
+        host = host.split(":")[0] if not host.startswith("[") else host
+    if r.port:
+        host = f"{host}:{r.port}"
+    target = r.path or path
+    if query and not r.path:
+        target = f"{target}?{query}"
+    return r.status, f"{scheme}://{host}{target}".encode("latin-1")

@@ -22,7 +22,6 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from ..config import model
-from ..proxy import responses
 from .ratelimit import Decision
 from .ratelimit_redis import RedisLimiter
 from .shared_ratelimit import local_limiter  # shared by the workers of `lb run --workers N`
@@ -197,14 +196,7 @@ class Limit:
             return True
         self.limited += 1
         self._counts[self._limited] += 1
-        fields = self.local.headers(d, self.name)
-        extra = b"".join([n + b": " + v + b"\r\n" for n, v in fields])
-        ex.reply(
-            429,
-            responses.build(
-                429, _BODY, close=ex.must_close(), extra=extra, head_only=ex.method == b"HEAD"
-            ),
-        )
+        ex.reply(429, _BODY, self.local.headers(d, self.name))
         return False
 
 

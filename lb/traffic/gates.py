@@ -31,9 +31,9 @@ from ..proxy.failures import CONNECT, CONNECT_FAILURE, STATUS, Failure
 from .breaker import CLOSED, Breaker, BreakerSettings, Caps
 from .retry import RetryBudget, RetryPolicy
 
-OVERLOADED = b"x-lb-overloaded: true\r\n"
+OVERLOADED = [(b"x-lb-overloaded", b"true")]
 REDISPATCHES = 3  # refused connections per request moved on for free (HAProxy's `retries 3`)
-CIRCUIT_OPEN = b"x-lb-circuit-open: true\r\n"
+CIRCUIT_OPEN = [(b"x-lb-circuit-open", b"true")]
 
 
 def breaker_settings(cfg: model.CircuitBreaker) -> BreakerSettings:
@@ -84,10 +84,10 @@ class ServiceGate:
         n = caps.requests
         if n >= caps.max_requests:
             caps.overflows["requests"] += 1
-            ex.reply_error(503, extra=OVERLOADED)
+            ex.reply_error(503, OVERLOADED)
             return False
         if (n >= caps.max_pending or self._headroom <= 0) and not self._pool_admits(n):
-            ex.reply_error(503, extra=OVERLOADED)
+            ex.reply_error(503, OVERLOADED)
             return False
         self._headroom -= 1
         caps.requests = n + 1
@@ -134,7 +134,7 @@ class ServiceGate:
             self.caps.requests += 1  # leave() is called all the same
             return True
         self.rejected += 1
-        ex.reply_error(503, extra=CIRCUIT_OPEN)
+        ex.reply_error(503, CIRCUIT_OPEN)
         return False
 
 
