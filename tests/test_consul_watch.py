@@ -17,17 +17,15 @@ from consul_server import CRITICAL, PASSING, WARNING, ConsulTestServer
 from lb.discovery import consul as discovery
 from lb.discovery.consul import (
     PERMISSION_DENIED,
-    Canary,
     CatalogWatch,
     ConsulClient,
     ConsulError,
     ConsulSettings,
     Instance,
     ServiceWatch,
-    TagRoute,
-    parse_tags,
     split_address,
 )
+from lb.discovery.tags import Canary, TagRoute, parse_tags
 
 WAIT = 1.0  # short blocking queries keep the tests fast
 

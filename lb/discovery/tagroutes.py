@@ -25,7 +25,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..config import model
-from .consul import Canary, TagRoute, parse_tags
+from .tags import Canary, TagRoute, parse_tags
 
 ROUTE_PREFIX = "consul:"  # tag routes are named "consul:<service>"
 

@@ -17,7 +17,8 @@ from prometheus_client.process_collector import ProcessCollector
 
 from ..runtime import set_hook
 from .accesslog import AccessLog
-from .metrics import Exposition, Metrics
+from .exposition import Exposition
+from .metrics import Metrics
 
 __all__ = ["Observability", "install"]
 

@@ -67,4 +67,7 @@ cdef class Exchange:
     cpdef response_finished(self, UpstreamConnection conn)
     cpdef reply(self, long status, object body=*, object headers=*, object content_type=*)
     cpdef reply_error(self, long status, object headers=*)
+    cpdef connected(self, UpstreamConnection conn, b)
+    cpdef _drop_upstream(self)
+    cpdef _give_back(self, b)
     cpdef _finish(self, bint ok)

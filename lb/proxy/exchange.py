@@ -7,8 +7,6 @@ ends in `_finish`, which runs exactly once and gives the picker slot back.
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import logging
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -29,10 +27,7 @@ if TYPE_CHECKING:
 
 REPLAY_LIMIT = 64 * 1024  # request bytes kept for a retry; beyond this, no retry
 BUFFER_LIMIT = 256 * 1024  # body bytes held while connecting before the client is paused
-
-
 log = logging.getLogger("lb.proxy")
-_NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 class Exchange:
@@ -224,35 +219,14 @@ class Exchange:
 
     async def _connect(self, b: Backend) -> None:
         try:
-            await self._connect_and_send(b)
+            await _upstream.open_for(self, b)
         except Exception:
             self._internal_error()
 
-    async def _connect_and_send(self, b: Backend) -> None:
+    def connected(self, conn: UpstreamConnection, b: Backend) -> None:
+        """A connection opened for this exchange's attempt on `b`."""
         svc = self.service
         assert svc is not None
-        loop = self.client.loop
-        try:
-            conn = await asyncio.wait_for(
-                _upstream.connect(
-                    b,
-                    loop,
-                    self.client.outbox,
-                    svc.config.pool.idle_timeout,
-                    self.client.listener.runtime.upstream_tls(svc),
-                    svc.config.tls.sni if svc.config.tls else None,
-                ),
-                svc.config.timeouts.connect,
-            )
-        except TimeoutError:
-            self.attempt_failed(F.CONNECT_TIMEOUT)
-            return
-        except (OSError, asyncio.CancelledError) as exc:
-            if isinstance(exc, OSError) and exc.errno in _NO_DESCRIPTORS:
-                self._out_of_descriptors()
-            else:
-                self.attempt_failed(F.CONNECT_FAILURE)
-            return
         if self._finished or self.backend is not b:
             conn.release(svc.config.pool.max_idle)  # the client left while we connected
             return
@@ -367,10 +341,7 @@ class Exchange:
             return
         self.req_done = False
         self.keep_alive = False
-        conn = self.upstream
-        if conn is not None:
-            self.upstream = None
-            conn.abort()
+        self._drop_upstream()
         self.reply_error(413)
 
     # -- response from the backend --------------------------------------------------------------
@@ -387,8 +358,7 @@ class Exchange:
             and route.retry.allows_status(self, status)
         ):
             # Retry on a status: this answer is dropped unseen, with its connection.
-            self.upstream = None
-            conn.abort()
+            self._drop_upstream()
             self._retry_later(F.BAD_STATUS)
             return
         self.status = status
@@ -456,27 +426,20 @@ class Exchange:
             self.attempt_failed(F.PROTOCOL)
             return
         self.failure = F.PROTOCOL
-        self.upstream = None
-        conn.exchange = None
-        conn.abort()
+        self._drop_upstream()
         self._finish(False)
         self.client.abort()
 
     def upstream_timeout(self, conn: UpstreamConnection, kind: str) -> None:
+        self._drop_upstream()
         if not self.response_started:
             # No response head in time, or the backend stopped taking the request body.
-            self.upstream = None
-            conn.exchange = None
-            conn.abort()
             self.attempt_failed(
                 F.RESPONSE_HEAD_TIMEOUT if kind == "response-head" else F.UPSTREAM_IDLE
             )
             return
         # Idle while streaming: nothing sensible can be sent; cut both sides.
         self.failure = F.UPSTREAM_IDLE
-        self.upstream = None
-        conn.exchange = None
-        conn.abort()
         self._finish(False)
         self.client.abort()
 
@@ -488,17 +451,9 @@ class Exchange:
         svc = self.service
         assert svc is not None
         reused = conn is not None and conn.reused and not conn.saw_bytes
-        self.upstream = None
-        if conn is not None and not conn.closed:
-            conn.exchange = None
-            conn.abort()
+        self._drop_upstream()
         if b is not None:
-            self.backend = None
-            svc.release(b)
-            if self.tried is None:
-                self.tried = [b]
-            else:
-                self.tried.append(b)
+            self._give_back(b)
         can_replay = self.replayable and (not self.body_sent or self.req_done)
         if (
             reused
@@ -521,7 +476,7 @@ class Exchange:
         self.failure = failure
         self.reply_error(failure.status)
 
-    def _out_of_descriptors(self) -> None:
+    def out_of_descriptors(self) -> None:
         """lb itself could not open a connection: 503, and nothing held against the backend."""
         if self._finished:
             return
@@ -536,15 +491,9 @@ class Exchange:
         route = self.route
         assert route is not None and route.retry is not None
         b = self.backend
-        svc = self.service
-        if b is not None and svc is not None:  # a retried status: the backend answered
-            self.backend = None
-            svc.release(b)
-            self.client.listener.runtime.record_failure(svc, b, failure)
-            if self.tried is None:
-                self.tried = [b]
-            else:
-                self.tried.append(b)
+        if b is not None:  # a retried status: the backend answered
+            self._give_back(b)
+            self.client.listener.runtime.record_failure(self.service, b, failure)
         self.retries += 1
         if failure.retry == F.CONNECT:
             self.dispatch()  # it never reached the backend: no need to wait
@@ -564,11 +513,7 @@ class Exchange:
         log.exception("internal error forwarding a request")
         if self._finished:
             return
-        conn = self.upstream
-        self.upstream = None
-        if conn is not None:
-            conn.exchange = None
-            conn.abort()
+        self._drop_upstream()
         if self.response_started:
             self._finish(False)
             self.client.abort()
@@ -580,14 +525,26 @@ class Exchange:
         """The client went away mid-exchange."""
         if self._finished:
             return
-        conn = self.upstream
-        self.upstream = None
-        if conn is not None:
-            conn.exchange = None
-            conn.abort()
+        self._drop_upstream()
         if self.failure is None:
             self.failure = F.CLIENT_GONE
         self._finish(False)
+
+    def _drop_upstream(self) -> None:
+        """Abandon the attempt's connection: nothing more it says is wanted."""
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.abort()
+
+    def _give_back(self, b: Backend) -> None:
+        """The attempt on `b` is over: its picker slot back, and `b` off the retries' list."""
+        self.backend = None
+        self.service.release(b)
+        if self.tried is None:
+            self.tried = [b]
+        else:
+            self.tried.append(b)
 
     # -- flow control ---------------------------------------------------------------------------
     def upstream_paused(self) -> None:

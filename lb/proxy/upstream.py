@@ -13,16 +13,19 @@ while idle leaves the pool at once (connection_lost).
 """
 
 import asyncio
-import ssl
+import errno
 from math import inf
 from typing import Any
 
 import httptools
 
 from ..balancer.backend import Backend
+from . import failures as F
 from .headers import RequestInfo, add_lines, analyze_response, join_headers
 from .outbox import Outbox, Writer
 from .timer import Deadline
+
+_NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 class UpstreamConnection(Writer):
@@ -300,19 +303,36 @@ def take_idle(backend: Backend) -> UpstreamConnection | None:
     return None
 
 
-async def connect(
-    backend: Backend,
-    loop: asyncio.AbstractEventLoop,
-    outbox: Outbox,
-    idle_timeout: float,
-    tls: ssl.SSLContext | None,
-    sni: str | None,
-) -> UpstreamConnection:
-    _, proto = await loop.create_connection(
-        lambda: UpstreamConnection(backend, loop, outbox, idle_timeout),
-        backend.host,
-        backend.port,
-        ssl=tls,
-        server_hostname=(sni or backend.host) if tls else None,
-    )
-    return proto
+async def open_for(ex: Any, backend: Backend) -> None:
+    """A new connection to `backend` for an exchange's attempt: handed to it once open
+    (`connected`), or the failure reported the way the exchange's failures name it."""
+    svc = ex.service
+    cfg = svc.config
+    client = ex.client
+    loop = client.loop
+    outbox = client.outbox
+    idle = cfg.pool.idle_timeout
+    tls = client.listener.runtime.upstream_tls(svc)
+    try:
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: UpstreamConnection(backend, loop, outbox, idle),
+                backend.host,
+                backend.port,
+                ssl=tls,
+                server_hostname=((cfg.tls.sni if cfg.tls else None) or backend.host)
+                if tls
+                else None,
+            ),
+            cfg.timeouts.connect,
+        )
+    except TimeoutError:
+        ex.attempt_failed(F.CONNECT_TIMEOUT)
+        return
+    except (OSError, asyncio.CancelledError) as exc:
+        if isinstance(exc, OSError) and exc.errno in _NO_DESCRIPTORS:
+            ex.out_of_descriptors()  # lb's shortage, not the backend's fault
+        else:
+            ex.attempt_failed(F.CONNECT_FAILURE)
+        return
+    ex.connected(conn, backend)
