@@ -76,6 +76,7 @@ async def measure(n: int, rounds: int, prof: bool, metrics: bool) -> tuple[str, 
     from lb.config import load
     from lb.observe.metrics import Metrics
     from lb.proxy.accept import Descriptors
+    from lb.proxy.downstream import ClientConnection
     from lb.proxy.upstream import UpstreamConnection
     from lb.runtime import ListenerRuntime, Runtime
 
@@ -98,7 +99,7 @@ async def measure(n: int, rounds: int, prof: bool, metrics: bool) -> tuple[str, 
         ups.append(u)
     clients = []
     for _ in range(CONNECTIONS):
-        client = lr.protocol()
+        client = ClientConnection(lr)
         client.connection_made(FakeTransport())
         clients.append((client, client.transport))
 
