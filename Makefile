@@ -29,8 +29,14 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The data path's tests once more on its pure-Python twin: both builds must behave alike.
+TWIN_TESTS := tests/test_build.py tests/test_proxy_basics.py tests/test_proxy_bodies.py \
+	tests/test_proxy_errors.py tests/test_proxy_timers.py tests/test_proxy_websocket.py \
+	tests/test_routing.py tests/test_traffic_retry.py tests/test_reload_atomic.py tests/test_fuzz.py
+
 test: build system-deps
 	$(BIN)/ruff check .
+	LB_PURE_PYTHON=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(TWIN_TESTS)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The soak and fault suite in its long form (10-20 minutes); `make test` runs its short form.
