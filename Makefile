@@ -30,8 +30,8 @@ system-deps:
 	fi
 
 # The data path's tests once more on its pure-Python twin: both builds must behave alike.
-TWIN_TESTS := tests/test_build.py tests/test_proxy_basics.py tests/test_proxy_bodies.py \
-	tests/test_proxy_errors.py tests/test_proxy_timers.py tests/test_proxy_websocket.py \
+TWIN_TESTS := tests/test_build.py tests/test_exchange_harness.py tests/test_proxy_basics.py \
+	tests/test_proxy_bodies.py tests/test_proxy_errors.py tests/test_proxy_timers.py tests/test_proxy_websocket.py \
 	tests/test_routing.py tests/test_traffic_retry.py tests/test_reload_atomic.py tests/test_fuzz.py
 
 test: build system-deps

@@ -14,7 +14,7 @@ from typing import Any
 import httptools
 
 from . import responses
-from .exchange import Exchange
+from .exchange import DONE, Exchange
 from .flow import PAUSE_BUFFER, PAUSE_QUEUE
 from .headers import BadRequest, add_lines, analyze_request, join_headers
 from .outbox import Writer
@@ -412,7 +412,7 @@ class ClientConnection(Writer):
 
     def _refuse(self, status: int) -> None:
         ex = self._req if self._req is not None and not self._req.response_started else None
-        if ex is not None and self.current is ex and not ex._finished:
+        if ex is not None and self.current is ex and ex.phase != DONE:
             ex.keep_alive = False
             ex.req_done = False
             conn = ex.upstream

@@ -18,6 +18,7 @@ cdef class Exchange:
     cdef public bint http10
     cdef public bint keep_alive
     cdef public object route
+    cdef public long phase
     cdef public double t0
     cdef public double t_upstream
     cdef public object service
@@ -30,11 +31,9 @@ cdef class Exchange:
     cdef public bint replayable
     cdef public bint req_done
     cdef public object trailers
-    cdef public bint started
     cdef public bint response_started
     cdef public bint response_done
     cdef public bint upgrade
-    cdef public bint tunnel
     cdef public object early
     cdef public long status
     cdef public Py_ssize_t resp_bytes
@@ -44,7 +43,6 @@ cdef class Exchange:
     cdef public long retry_slots
     cdef public long redispatches
     cdef public list tried
-    cdef public bint _finished
     cdef public bint _paused_upstream
     cdef public object gate
     cdef public object last_backend

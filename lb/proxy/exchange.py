@@ -1,8 +1,13 @@
 """One request/response exchange: route action, backend choice, forwarding, outcome.
 
 Events arrive from two sides: the client connection (request body, end of request, client
-gone) and the upstream connection (response head, body, end, errors, timeouts). Every path
-ends in `_finish`, which runs exactly once and gives the picker slot back.
+gone) and the upstream connection (response head, body, end, errors, timeouts). `phase` says
+where the exchange is: HEAD (its head is read; it may wait behind an earlier pipelined
+request), ADMITTED (routed and admitted), CONNECTING (a backend is chosen, its connection
+not there yet, or a retry waits), SENT (the request went to a connection; the response head
+is awaited), STREAMING (the response flows), TUNNEL (the backend switched protocols), DONE.
+A retry goes back from SENT to CONNECTING. Every path ends in `_finish`, which enters DONE
+exactly once and gives the picker slot back.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from .headers import RequestInfo, ResponseInfo
 if TYPE_CHECKING:
     from .upstream import UpstreamConnection
 
+HEAD, ADMITTED, CONNECTING, SENT, STREAMING, TUNNEL, DONE = range(7)
 REPLAY_LIMIT = 64 * 1024  # request bytes kept for a retry; beyond this, no retry
 BUFFER_LIMIT = 256 * 1024  # body bytes held while connecting before the client is paused
 log = logging.getLogger("lb.proxy")
@@ -32,7 +38,6 @@ log = logging.getLogger("lb.proxy")
 
 class Exchange:
     __slots__ = (
-        "_finished",
         "_paused_upstream",
         "attempts",
         "backend",
@@ -49,6 +54,7 @@ class Exchange:
         "last_backend",
         "method",
         "path",
+        "phase",
         "query",
         "redispatches",
         "replayable",
@@ -60,14 +66,12 @@ class Exchange:
         "retry_slots",
         "route",
         "service",
-        "started",
         "status",
         "t0",
         "t_upstream",
         "target",
         "trailers",
         "tried",
-        "tunnel",
         "upgrade",
         "upstream",
         "upstream_name",
@@ -107,11 +111,10 @@ class Exchange:
         self.replayable = True
         # A request without a body is complete once its head is in.
         self.req_done = not (info.chunked or info.content_length)
-        self.started = False
+        self.phase = HEAD
         self.response_started = False
         self.response_done = False
         self.upgrade = False
-        self.tunnel = False
         self.early = b""
         self.status = 0
         self.resp_bytes = 0
@@ -122,14 +125,13 @@ class Exchange:
         self.redispatches = 0  # refused connections moved on without using up an attempt
         self.trailers: list[tuple[bytes, bytes]] | None = None  # once the request is complete
         self.tried: list[Backend] | None = None  # backends that failed it, once one has
-        self._finished = False
         self._paused_upstream = False
         self.gate: Any = None
         self.last_backend: Backend | None = None
 
     # -- starting -------------------------------------------------------------------------------
     def start(self) -> None:
-        self.started = True
+        self.phase = ADMITTED
         route = self.route
         if route is None:
             self.reply_error(404)
@@ -200,6 +202,7 @@ class Exchange:
             if b is None:
                 self.reply_error(503)
                 return
+        self.phase = CONNECTING
         self.backend = b
         self.last_backend = b
         self.attempts += 1
@@ -227,7 +230,7 @@ class Exchange:
         """A connection opened for this exchange's attempt on `b`."""
         svc = self.service
         assert svc is not None
-        if self._finished or self.backend is not b:
+        if self.phase == DONE or self.backend is not b:
             conn.release(svc.config.pool.max_idle)  # the client left while we connected
             return
         self._send(conn)
@@ -235,6 +238,7 @@ class Exchange:
     def _send(self, conn: UpstreamConnection) -> None:
         """The request to a connection: its head as routing rewrote it, the headers lb adds,
         and whatever of the body is here already (all of it again for a retry)."""
+        self.phase = SENT
         self.upstream = conn
         info = self.info
         route = self.route
@@ -298,7 +302,7 @@ class Exchange:
         """A body chunk from the client: to the backend if connected, else buffered (while
         connecting, or while queued behind an earlier pipelined request)."""
         self.body_bytes += len(chunk)
-        if self.started:
+        if self.phase != HEAD:
             # A queued exchange cannot answer yet; its reading is paused, which bounds it.
             limit = self.client.body_limit(self)
             if limit is not None and self.body_bytes > limit:
@@ -366,8 +370,7 @@ class Exchange:
         fwd = info.forward
         if route is not None and route.response_rules is not None:
             fwd = route.response_rules.apply(fwd)
-        if status == 101:
-            self.tunnel = self.upgrade
+        self.phase = TUNNEL if status == 101 and self.upgrade else STREAMING
         length = info.content_length
         self.client.send_head(self, status, fwd, -1 if length is None else length)
 
@@ -376,7 +379,7 @@ class Exchange:
         self.client.send_body(chunk)
 
     def response_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        if not self.tunnel:
+        if self.phase != TUNNEL:
             self.client.send_end(trailers)
             self.response_done = True
 
@@ -400,7 +403,7 @@ class Exchange:
 
     # -- tunnel ---------------------------------------------------------------------------------
     def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
-        if not self.tunnel:
+        if self.phase != TUNNEL:
             conn.abort()
             return
         conn.deadline.clear()
@@ -410,7 +413,7 @@ class Exchange:
 
     # -- failures -------------------------------------------------------------------------------
     def upstream_lost(self, conn: UpstreamConnection) -> None:
-        if self._finished:
+        if self.phase == DONE:
             return
         if self.response_started:
             self.failure = F.RESET_AFTER_HEAD
@@ -444,7 +447,7 @@ class Exchange:
         self.client.abort()
 
     def attempt_failed(self, failure: Failure) -> None:
-        if self._finished:
+        if self.phase == DONE:
             return
         conn = self.upstream
         b = self.backend
@@ -478,7 +481,7 @@ class Exchange:
 
     def out_of_descriptors(self) -> None:
         """lb itself could not open a connection: 503, and nothing held against the backend."""
-        if self._finished:
+        if self.phase == DONE:
             return
         b, svc = self.backend, self.service
         if b is not None and svc is not None:
@@ -495,13 +498,14 @@ class Exchange:
             self._give_back(b)
             self.client.listener.runtime.record_failure(self.service, b, failure)
         self.retries += 1
+        self.phase = CONNECTING
         if failure.retry == F.CONNECT:
             self.dispatch()  # it never reached the backend: no need to wait
             return
         self.client.loop.call_later(route.retry.backoff(self.retries), self._retry)
 
     def _retry(self) -> None:
-        if not self._finished:
+        if self.phase != DONE:
             try:
                 self.dispatch()
             except Exception:
@@ -511,7 +515,7 @@ class Exchange:
         """A bug in lb on a path no protocol callback guards (a task, a timer): say so loudly
         and answer, rather than leave the client waiting for nothing."""
         log.exception("internal error forwarding a request")
-        if self._finished:
+        if self.phase == DONE:
             return
         self._drop_upstream()
         if self.response_started:
@@ -523,7 +527,7 @@ class Exchange:
 
     def client_lost(self) -> None:
         """The client went away mid-exchange."""
-        if self._finished:
+        if self.phase == DONE:
             return
         self._drop_upstream()
         if self.failure is None:
@@ -584,9 +588,9 @@ class Exchange:
         self.reply(status, None, headers)
 
     def _finish(self, ok: bool) -> None:
-        if self._finished:
+        if self.phase == DONE:
             return
-        self._finished = True
+        self.phase = DONE
         svc, b = self.service, self.backend
         if b is not None and svc is not None:
             self.backend = None

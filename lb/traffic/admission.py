@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from ..config import model
+from ..proxy.exchange import DONE
 from .ratelimit import Decision
 from .ratelimit_redis import RedisLimiter
 from .shared_ratelimit import local_limiter  # shared by the workers of `lb run --workers N`
@@ -241,7 +242,7 @@ class Admission:
                     allowed = limit.admit(ex)
                 else:
                     d = await limit.decide(ex)
-                    if ex._finished:
+                    if ex.phase == DONE:
                         return  # the client left while Redis answered
                     allowed = limit.settle(ex, d)
                 if not allowed:
@@ -250,5 +251,5 @@ class Admission:
         except Exception:
             # Nothing above should raise; if it does, answer rather than leave the client hanging.
             log.exception("rate limit decision failed")
-            if not ex._finished:
+            if ex.phase != DONE:
                 ex.reply_error(500)
