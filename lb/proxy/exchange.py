@@ -1,13 +1,10 @@
 """One request/response exchange: route action, backend choice, forwarding, outcome.
 
-Events arrive from two sides: the client connection (request body, end of request, client
-gone) and the upstream connection (response head, body, end, errors, timeouts). `phase` says
-where the exchange is: HEAD (its head is read; it may wait behind an earlier pipelined
-request), ADMITTED (routed and admitted), CONNECTING (a backend is chosen, its connection
-not there yet, or a retry waits), SENT (the request went to a connection; the response head
-is awaited), STREAMING (the response flows), TUNNEL (the backend switched protocols), DONE.
-A retry goes back from SENT to CONNECTING. Every path ends in `_finish`, which enters DONE
-exactly once and gives the picker slot back.
+Events arrive as messages from the client side (request body, end, client gone) and the
+backend side (response head, body, end, errors, timeouts). `phase`: HEAD (read; may wait behind
+a pipelined request), ADMITTED, CONNECTING (backend chosen, or a retry waits), SENT (response
+head awaited), STREAMING, TUNNEL (protocol switched), DONE, entered once by `_finish`, which
+gives the picker slot back.
 """
 
 from __future__ import annotations
@@ -228,10 +225,8 @@ class Exchange:
 
     def connected(self, conn: UpstreamConnection, b: Backend) -> None:
         """A connection opened for this exchange's attempt on `b`."""
-        svc = self.service
-        assert svc is not None
         if self.phase == DONE or self.backend is not b:
-            conn.release(svc.config.pool.max_idle)  # the client left while we connected
+            conn.release(self.service.config.pool.max_idle)  # the client left meanwhile
             return
         self._send(conn)
 
@@ -286,12 +281,10 @@ class Exchange:
 
     def _await_response_head(self, conn: UpstreamConnection) -> None:
         route = self.route
-        svc = self.service
-        assert svc is not None
         timeout = (
             route.response_head_timeout
             if route and route.response_head_timeout
-            else svc.config.timeouts.response_head
+            else self.service.config.timeouts.response_head
         )
         if route is not None and route.retry is not None and route.retry.per_try_timeout:
             timeout = min(timeout, route.retry.per_try_timeout)  # each attempt its own wait
