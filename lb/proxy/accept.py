@@ -33,6 +33,21 @@ LOG_INTERVAL = 10.0
 _EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
+class LogThrottle:
+    """Says whether a recurring condition may be logged now: at most once per LOG_INTERVAL."""
+
+    __slots__ = ("_at",)
+
+    def __init__(self) -> None:
+        self._at = -inf
+
+    def due(self, now: float) -> bool:
+        if now - self._at < LOG_INTERVAL:
+            return False
+        self._at = now
+        return True
+
+
 def raise_descriptor_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard limit (a common soft limit is 1024, far below
     what a proxy needs); the limit in force."""
@@ -63,15 +78,13 @@ class Descriptors:
         self.clients = 0  # accepted and not yet closed, handshakes included
         self.waiting: set[Acceptor] = set()  # acceptors stopped at the cap
         self.limited = 0  # times accepting stopped at the cap
-        self._logged_at = -inf
+        self._log = LogThrottle()
 
     def full(self, loop: asyncio.AbstractEventLoop) -> bool:
         if self.clients < self.max_clients:
             return False
         self.limited += 1
-        now = loop.time()
-        if now - self._logged_at >= LOG_INTERVAL:
-            self._logged_at = now
+        if self._log.due(loop.time()):
             log.warning(
                 "accepting paused: %d client connections open, the most the descriptor limit "
                 "(%d) allows; new connections wait in the backlog",
@@ -112,7 +125,7 @@ class Acceptor:
         self.reading = False
         self.closed = False
         self._retry: asyncio.TimerHandle | None = None
-        self._logged_at = -inf
+        self._log = LogThrottle()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -166,9 +179,7 @@ class Acceptor:
     def _exhausted(self, exc: OSError) -> None:
         reason = errno.errorcode.get(exc.errno or 0, str(exc.errno))
         self.errors[(self.name, reason)] += 1
-        now = self.loop.time()
-        if now - self._logged_at >= LOG_INTERVAL:
-            self._logged_at = now
+        if self._log.due(self.loop.time()):
             log.error(
                 "listener %s: accept failed (%s: %s); pausing accepts for %d ms, "
                 "%d client connections open",
