@@ -10,10 +10,11 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .balancer.service import Service, static_specs
 from .config import Loaded, model
+from .hooks import FailureHook, Observer
 from .observe.metrics import Counters
 from .proxy.accept import Descriptors
 from .proxy.downstream import ClientConnection
@@ -23,8 +24,10 @@ from .proxy.tls import TlsSwitch
 from .routing.route import Route, compile_route
 from .routing.table import RouteTable
 
+H = TypeVar("H")
 
-def set_hook(hooks: list[Any], hook: Any, on: bool) -> None:
+
+def set_hook(hooks: list[H], hook: H, on: bool) -> None:
     """Attach or detach an observer/failure hook: features pay per request only while on."""
     present = any(h is hook for h in hooks)
     if on and not present:
@@ -103,8 +106,8 @@ class Runtime:
         self.table = RouteTable([])
         self.listeners: dict[str, ListenerRuntime] = {}
         # record(exchange, ok) hooks, called by the exchange: metrics, access log
-        self.observers: list[Any] = []
-        self.failure_hooks: list[Any] = []  # record_failure(service, backend, failure)
+        self.observers: list[Observer] = []
+        self.failure_hooks: list[FailureHook] = []
         # Run on every new table right before it is swapped in (config apply and dynamic
         # routes), when services and `config` are already updated: traffic control attaches
         # route limiters, retries and service gates there.

@@ -55,7 +55,8 @@ class Server:
 
     async def start(self) -> None:
         """Everything is ready before the listeners open: the first request accepted is
-        limited, observed and routed like any other, and a signal then is never lost."""
+        limited, observed and routed like any other, and a signal then is never lost. The
+        subsystems plug in in the order lb/hooks.py explains."""
         self._install_signals()
         install_traffic_control(self)
         self.admin = (self.admin_factory or AdminServer)(self)

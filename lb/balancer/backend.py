@@ -1,8 +1,15 @@
 """A backend: where it is, its idle connection pool, and the inputs that decide its state."""
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..traffic.breaker import OPEN
+
+if TYPE_CHECKING:
+    from ..health.active import ActiveChecker
+    from ..observe.recorder import BackendStats
+    from ..proxy.upstream import UpstreamConnection
+    from ..traffic.breaker import Breaker
+    from .service import Service
 
 
 class Backend:
@@ -32,7 +39,7 @@ class Backend:
         "weight",
     )
 
-    def __init__(self, service: Any, host: str, port: int, weight: int, slot: int) -> None:
+    def __init__(self, service: "Service", host: str, port: int, weight: int, slot: int) -> None:
         self.service = service
         self.host = host
         self.port = port
@@ -40,19 +47,19 @@ class Backend:
         self.name = f"{host}:{port}"
         self.weight = weight
         self.slot = slot
-        self.idle: list[Any] = []  # pooled keep-alive connections, most recent last
+        self.idle: list[UpstreamConnection] = []  # pooled keep-alive connections, newest last
         self.open_conns = 0
         self.drained = False  # operator drain (admin API)
         self.removed = False  # gone from config/discovery; kept until in-flight reaches 0
         self.check_ok = True
         self.check_reason = ""
-        self.checker: Any = None
+        self.checker: ActiveChecker | None = None
         self.ejected_until = 0.0
-        self.breaker: Any = None
+        self.breaker: Breaker | None = None
         self.requests = 0
         self.failures = 0
         self.selected = 0
-        self.stats: Any = None
+        self.stats: BackendStats | None = None
 
     def eligible(self, now: float) -> bool:
         return (

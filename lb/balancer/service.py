@@ -2,13 +2,19 @@
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..config import model
 from ..shm import attach_backend
 from ..traffic.breaker import CLOSED
 from .backend import Backend
 from .picker import Picker
+
+if TYPE_CHECKING:
+    from ..discovery.consul import ServiceWatch
+    from ..hooks import Gate
+    from ..traffic.breaker import Breaker, Caps
+    from ..traffic.outlier import OutlierDetector
 
 
 class Service:
@@ -22,13 +28,13 @@ class Service:
         self.backends: dict[tuple[str, int], Backend] = {}
         self.by_slot: list[Backend | None] = []
         self.panic = False
-        self.gate: Any = None  # caps + service breaker (traffic control): enter(ex) / leave(ex)
+        self.gate: Gate | None = None  # caps + service breaker (traffic control)
         # Traffic control's state, read by metrics and the admin API: the gate's caps and
         # breaker (None without circuit_breaker), the outlier detector.
-        self.caps: Any = None
-        self.breaker: Any = None
-        self.outlier: Any = None
-        self.discovery: Any = None  # the watch feeding this service, when not static
+        self.caps: Caps | None = None
+        self.breaker: Breaker | None = None
+        self.outlier: OutlierDetector | None = None
+        self.discovery: ServiceWatch | None = None  # the watch feeding it, when not static
         self.fallback: Service | None = None
         self.on_change: list[Callable[[Service], None]] = []
 

@@ -4,9 +4,14 @@ import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import model
+
+if TYPE_CHECKING:
+    from ..hooks import Admitter
+    from ..observe.recorder import RouteStats
+    from ..traffic.gates import RouteRetry
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -162,11 +167,11 @@ class Route:
     response_head_timeout: float | None = None
     idle_timeout: float | None = None
     max_body_size: int | None = None
-    limiter: Any = None  # set by the runtime: a rate-limit gate
-    retry: Any = None  # set by the runtime: retry policy and budget
+    limiter: "Admitter | None" = None  # set by traffic control: rate limits
+    retry: "RouteRetry | None" = None  # set by traffic control: retry policy and budget
     redirect: model.Redirect | None = None
     fixed: tuple[int, Headers, bytes] | None = None  # `respond`: status, headers, body
-    stats: Any = None  # per-route counters, attached by observe
+    stats: "RouteStats | None" = None  # per-route counters, attached by the metrics
 
     def path_ok(self, path: str) -> bool:
         kind = self.path_kind

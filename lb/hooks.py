@@ -1,0 +1,58 @@
+"""The typed seams where subsystems plug into the data path, and nowhere else.
+
+The request path calls out at four points, each through one of the interfaces below, and each
+filled by one subsystem, installed by `Server.start` in this order (each one may use what the
+ones before it set up):
+
+1. traffic control (`lb.traffic.control.install`): `Route.limiter` (an `Admitter`),
+   `Route.retry`, `Service.gate` (a `Gate`), backend breakers, and an `Observer` +
+   `FailureHook` while some service needs outcomes;
+2. the admin server, which the next step registers its metrics with;
+3. observability (`lb.observe.install`): the metrics `Observer` + `FailureHook` and the
+   access-log `Observer`, each attached only while enabled, so that what is off costs nothing;
+4. discovery (`lb.discovery.manager.install`): backend sets into `Service.update`.
+
+Every reload recompiles the routes and runs `Runtime.compile_hooks` on the new table before it
+is swapped in, which is how traffic control re-attaches its parts to the compiled routes.
+"""
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .balancer.backend import Backend
+    from .balancer.service import Service
+    from .proxy.downstream import ClientConnection
+    from .proxy.exchange import Exchange
+    from .proxy.failures import Failure
+
+
+class Observer(Protocol):
+    """Told of every finished exchange (once), and of connections refused before one."""
+
+    def record(self, ex: "Exchange", ok: bool) -> None: ...
+
+    def refusal(self, conn: "ClientConnection", status: int) -> None: ...
+
+
+class FailureHook(Protocol):
+    """Told of every failed attempt on a backend, as it fails (retries included)."""
+
+    def record_failure(self, svc: "Service", backend: "Backend", failure: "Failure") -> None: ...
+
+
+class Admitter(Protocol):
+    """`Route.limiter`: True lets the exchange go on now; False means it answered the client
+    itself (429) or calls `ex.forward()` once it has decided (a Redis-shared limit)."""
+
+    def admit(self, ex: "Exchange") -> bool: ...
+
+
+class Gate(Protocol):
+    """`Service.gate`: the service's caps and breaker, entered once per exchange and left in
+    `Exchange._finish`; a retry takes a cap slot too."""
+
+    def enter(self, ex: "Exchange") -> bool: ...
+
+    def leave(self, ex: "Exchange") -> None: ...
+
+    def take_retry(self) -> bool: ...
