@@ -12,7 +12,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from procs import wait_port
 from redis_server import RedisServer, redis_server_fixture  # noqa: F401
 from soak import (
     SCALE,
+    Load,
     listener_timeouts,
     load,
     report,
@@ -69,10 +70,22 @@ class BackendProcess:
         self.proc = None
 
 
-@contextlib.contextmanager
-def cleanup(procs: list[BackendProcess]) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def three_backends_under_load(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[list[BackendProcess], Load]]:
+    """Three backend processes behind lb with the default config (no `retries:` key), and 16
+    keep-alive clients that have reached every one of them."""
+    procs = [BackendProcess(free_port()) for _ in range(3)]
     try:
-        yield
+        for p in procs:
+            await p.start()
+        text = lb_yaml([p.address for p in procs], port=free_port(), admin_port=free_port())
+        async with running_lb(tmp_path, text) as lb, load(lb.port, clients=16, tag=port_tag) as g:
+            ports = {str(p.port) for p in procs}
+            assert await until(lambda: ports <= set(g.tags), SLACK) is not None, g.tags
+            await asyncio.sleep(min(1.0, OUTAGE / 3))
+            yield procs, g
     finally:
         for p in procs:
             p.kill()
@@ -80,94 +93,77 @@ def cleanup(procs: list[BackendProcess]) -> Iterator[None]:
 
 # -- backends SIGKILLed under load ---------------------------------------------------------------
 async def test_backend_sigkill_and_restart_under_load_fails_no_get(tmp_path: Path) -> None:
-    procs = [BackendProcess(free_port()) for _ in range(3)]
-    with cleanup(procs):
-        for p in procs:
-            await p.start()
-        # The default config: a route without any `retries:` key.
-        text = lb_yaml([p.address for p in procs], port=free_port(), admin_port=free_port())
-        async with running_lb(tmp_path, text) as lb, load(lb.port, clients=16, tag=port_tag) as g:
-            ports = {str(p.port) for p in procs}
-            assert await until(lambda: ports <= set(g.tags), SLACK) is not None, g.tags
-            await asyncio.sleep(min(1.0, OUTAGE / 3))
-            victim = procs[0]
-            victim.kill()
-            killed_at = time.monotonic()
-            await asyncio.sleep(0.5)  # answers it sent before dying may still be on their way
-            before = g.tags[str(victim.port)]
-            await asyncio.sleep(max(0.5, OUTAGE - 0.5))
-            after_kill = g.tags[str(victim.port)] - before
-            g.mark()  # the dead process answers nothing: what answers from now on is the new one
-            await victim.start()
-            listening_at = time.monotonic()
-            await until(lambda: str(victim.port) in g.first_seen, 15)
-            seen = g.first_seen.get(str(victim.port))
-            returned_s = None if seen is None else max(0.0, seen - listening_at)
-            await g.wait_successes(500, SLACK)
-            await g.stop()
-        report(
-            "backend_kill",
-            requests=g.requests,
-            failures=len(g.failures),
-            failures_after_kill=len(g.failures_since(killed_at)),
-            recover_s=g.recover_s(killed_at),
-            last_failure_s=g.last_failure_s(killed_at),
-            restarted_back_s=returned_s,
-            killed_served=after_kill,
-        )
-        assert g.failures == [], f"{len(g.failures)} failed GETs: {g.failure_summary()}"
-        assert after_kill == 0  # nothing answers from a dead process
-        assert returned_s is not None, "the restarted backend got no traffic again"
-        assert g.requests > 1000
+    async with three_backends_under_load(tmp_path) as (procs, g):
+        victim = procs[0]
+        victim.kill()
+        killed_at = time.monotonic()
+        await asyncio.sleep(0.5)  # answers it sent before dying may still be on their way
+        before = g.tags[str(victim.port)]
+        await asyncio.sleep(max(0.5, OUTAGE - 0.5))
+        after_kill = g.tags[str(victim.port)] - before
+        g.mark()  # the dead process answers nothing: what answers from now on is the new one
+        await victim.start()
+        listening_at = time.monotonic()
+        await until(lambda: str(victim.port) in g.first_seen, 15)
+        seen = g.first_seen.get(str(victim.port))
+        returned_s = None if seen is None else max(0.0, seen - listening_at)
+        await g.wait_successes(500, SLACK)
+        await g.stop()
+    report(
+        "backend_kill",
+        requests=g.requests,
+        failures=len(g.failures),
+        failures_after_kill=len(g.failures_since(killed_at)),
+        recover_s=g.recover_s(killed_at),
+        last_failure_s=g.last_failure_s(killed_at),
+        restarted_back_s=returned_s,
+        killed_served=after_kill,
+    )
+    assert g.failures == [], f"{len(g.failures)} failed GETs: {g.failure_summary()}"
+    assert after_kill == 0  # nothing answers from a dead process
+    assert returned_s is not None, "the restarted backend got no traffic again"
+    assert g.requests > 1000
 
 
 async def test_two_of_three_backends_killed_then_restarted_recovers(tmp_path: Path) -> None:
-    procs = [BackendProcess(free_port()) for _ in range(3)]
-    with cleanup(procs):
-        for p in procs:
+    async with three_backends_under_load(tmp_path) as (procs, g):
+        survivor = str(procs[2].port)
+        for p in procs[:2]:
+            p.kill()
+        killed_at = time.monotonic()
+        served_before = g.tags[survivor]
+        await asyncio.sleep(OUTAGE)
+        survivor_served = g.tags[survivor] - served_before
+        restarted_at = g.mark()
+        for p in procs[:2]:
             await p.start()
-        text = lb_yaml([p.address for p in procs], port=free_port(), admin_port=free_port())
-        async with running_lb(tmp_path, text) as lb, load(lb.port, clients=16, tag=port_tag) as g:
-            ports = {str(p.port) for p in procs}
-            assert await until(lambda: ports <= set(g.tags), SLACK) is not None, g.tags
-            await asyncio.sleep(min(1.0, OUTAGE / 3))
-            survivor = str(procs[2].port)
-            for p in procs[:2]:
-                p.kill()
-            killed_at = time.monotonic()
-            served_before = g.tags[survivor]
-            await asyncio.sleep(OUTAGE)
-            survivor_served = g.tags[survivor] - served_before
-            restarted_at = g.mark()
-            for p in procs[:2]:
-                await p.start()
-            killed = {str(p.port) for p in procs[:2]}
-            back = await until(lambda: killed <= set(g.first_seen), 15)
-            await asyncio.sleep(0.5)  # retries of attempts refused just before (backoff)
-            clean_from = time.monotonic()
-            await g.wait_successes(500, SLACK)
-            await asyncio.sleep(min(2.0, OUTAGE / 2))
-            await g.stop()
-        outage_failures = g.failures_between(killed_at, restarted_at)
-        half = killed_at + (restarted_at - killed_at) / 2
-        report(
-            "backends_2_of_3_killed",
-            requests=g.requests,
-            failures=len(g.failures),
-            failures_during_outage=outage_failures,
-            # Whether lb learns: no health checks are configured, so the dead stay in rotation.
-            outage_first_half=g.failures_between(killed_at, half),
-            outage_second_half=g.failures_between(half, restarted_at),
-            failures_after_restart=len(g.failures_since(restarted_at)),
-            survivor_served=survivor_served,
-            recover_s=g.recover_s(restarted_at),
-            restarted_back_s=back,
-            kinds=g.failure_summary(3).replace(" ", "_") or None,
-        )
-        assert survivor_served > 100, "the remaining backend must keep answering"
-        assert back is not None, "the restarted backends got no traffic again"
-        late = g.failures_since(clean_from)
-        assert late == [], f"failures after both came back: {late[:5]}"
+        killed = {str(p.port) for p in procs[:2]}
+        back = await until(lambda: killed <= set(g.first_seen), 15)
+        await asyncio.sleep(0.5)  # retries of attempts refused just before (backoff)
+        clean_from = time.monotonic()
+        await g.wait_successes(500, SLACK)
+        await asyncio.sleep(min(2.0, OUTAGE / 2))
+        await g.stop()
+    outage_failures = g.failures_between(killed_at, restarted_at)
+    half = killed_at + (restarted_at - killed_at) / 2
+    report(
+        "backends_2_of_3_killed",
+        requests=g.requests,
+        failures=len(g.failures),
+        failures_during_outage=outage_failures,
+        # Whether lb learns: no health checks are configured, so the dead stay in rotation.
+        outage_first_half=g.failures_between(killed_at, half),
+        outage_second_half=g.failures_between(half, restarted_at),
+        failures_after_restart=len(g.failures_since(restarted_at)),
+        survivor_served=survivor_served,
+        recover_s=g.recover_s(restarted_at),
+        restarted_back_s=back,
+        kinds=g.failure_summary(3).replace(" ", "_") or None,
+    )
+    assert survivor_served > 100, "the remaining backend must keep answering"
+    assert back is not None, "the restarted backends got no traffic again"
+    late = g.failures_since(clean_from)
+    assert late == [], f"failures after both came back: {late[:5]}"
 
 
 # -- a slow reader of a large response -----------------------------------------------------------
