@@ -259,7 +259,7 @@ class ClientConnection(Writer):
         self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], length: int
     ) -> None:
         """The response head; `length` is the body's, -1 when unknown until its end."""
-        parts = [_STATUS_LINES.get(status) or _status_line(status)]
+        parts = [_status_line(status)]
         add_lines(parts, headers)
         if status == 101:
             parts += (b"connection: upgrade\r\nupgrade: ", ex.info.upgrade or b"", b"\r\n\r\n")

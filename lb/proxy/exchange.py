@@ -25,6 +25,7 @@ from .flow import PAUSE_BUFFER, PAUSE_UPSTREAM
 from .headers import RequestInfo, ResponseInfo
 
 if TYPE_CHECKING:
+    from ..hooks import Gate
     from .upstream import UpstreamConnection
 
 HEAD, ADMITTED, CONNECTING, SENT, STREAMING, TUNNEL, DONE = range(7)
@@ -123,7 +124,7 @@ class Exchange:
         self.trailers: list[tuple[bytes, bytes]] | None = None  # once the request is complete
         self.tried: list[Backend] | None = None  # backends that failed it, once one has
         self._paused_upstream = False
-        self.gate: Any = None
+        self.gate: Gate | None = None
         self.last_backend: Backend | None = None
 
     # -- starting -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ while idle leaves the pool at once (connection_lost).
 import asyncio
 import errno
 from math import inf
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -26,6 +26,9 @@ from .outbox import Outbox, Writer
 from .timer import Deadline
 
 _NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
 
 
 class UpstreamConnection(Writer):
@@ -303,7 +306,7 @@ def take_idle(backend: Backend) -> UpstreamConnection | None:
     return None
 
 
-async def open_for(ex: Any, backend: Backend) -> None:
+async def open_for(ex: "Exchange", backend: Backend) -> None:
     """A new connection to `backend` for an exchange's attempt: handed to it once open
     (`connected`), or the failure reported the way the exchange's failures name it."""
     svc = ex.service
