@@ -8,7 +8,7 @@ BENCH_PACKAGES := wrk haproxy nginx
 
 .PHONY: demo test soak bench bench-picker bench-routing lint build system-deps clean
 
-$(STAMP): pyproject.toml setup.py ext/picker.pyx
+$(STAMP): pyproject.toml setup.py ext/picker.pyx ext/h2.pyx
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel Cython
 	$(BIN)/pip install -q -e '.[test]'
@@ -18,11 +18,14 @@ build: $(STAMP)
 	$(BIN)/python setup.py -q build_ext --inplace
 
 # Tests use real Redis, promtool and Chromium: install them when absent (CI starts bare).
+# lb._h2 (HTTP/2) builds against libnghttp2-dev; h2load (nghttp2-client) loads HTTP/2.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	test -f /usr/include/nghttp2/nghttp2.h || missing="$$missing libnghttp2-dev"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
@@ -34,7 +37,8 @@ TWIN_TESTS := tests/test_build.py tests/test_exchange_harness.py tests/test_prox
 	tests/test_proxy_bodies.py tests/test_proxy_errors.py tests/test_proxy_timers.py tests/test_proxy_websocket.py \
 	tests/test_routing.py tests/test_traffic_retry.py tests/test_reload_atomic.py tests/test_fuzz.py
 
-test: build system-deps
+# system-deps before build: lb._h2 is only built where libnghttp2-dev is installed.
+test: system-deps build
 	$(BIN)/ruff check .
 	LB_PURE_PYTHON=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(TWIN_TESTS)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

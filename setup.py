@@ -55,9 +55,40 @@ def extensions() -> list:
         Extension("lb._shm", ["ext/shm.pyx"], **common),
     ]
     try:
-        return cythonize(exts, language_level=3, quiet=True) + data_path(cythonize, Extension)
+        compiled = cythonize(exts, language_level=3, quiet=True) + data_path(cythonize, Extension)
     except Exception as exc:
         print(f"WARNING: cythonize failed ({exc}); using the pure-Python picker.", file=sys.stderr)
+        return []
+    return compiled + h2_extension(cythonize, Extension)
+
+
+NGHTTP2_HEADER = "/usr/include/nghttp2/nghttp2.h"
+
+
+def h2_extension(cythonize, Extension) -> list:  # type: ignore[no-untyped-def]
+    """lb._h2, HTTP/2 over libnghttp2: only where libnghttp2-dev is installed (HTTP/1.1 needs
+    none of it), and only a libnghttp2 with the rapid-reset and CONTINUATION-flood limits
+    (upstream 1.61, or Debian 12's 1.52 with the CVE-2023-44487/CVE-2024-28182 backports)."""
+    if not os.path.exists(NGHTTP2_HEADER):
+        print("WARNING: no nghttp2/nghttp2.h: lb._h2 (HTTP/2) not built.", file=sys.stderr)
+        return []
+    with open(NGHTTP2_HEADER, encoding="utf-8", errors="replace") as f:
+        header = f.read()
+    needed = ("nghttp2_option_set_stream_reset_rate_limit", "nghttp2_option_set_max_continuations")
+    if not all(name in header for name in needed):
+        print("WARNING: libnghttp2 lacks the flood limits: lb._h2 not built.", file=sys.stderr)
+        return []
+    ext = Extension(
+        "lb._h2",
+        ["ext/h2.pyx"],
+        libraries=["nghttp2"],
+        extra_compile_args=["-O3"],
+        depends=["ext/nghttp2.pxd", "ext/h2_defs.pxi", "ext/h2_callbacks.pxi"],
+    )
+    try:
+        return cythonize([ext], language_level=3, quiet=True)
+    except Exception as exc:  # its own call: a failure here must not cost the picker
+        print(f"WARNING: lb._h2 not compiled ({exc}).", file=sys.stderr)
         return []
 
 
