@@ -12,6 +12,10 @@ ones before it set up):
    access-log `Observer`, each attached only while enabled, so that what is off costs nothing;
 4. discovery (`lb.discovery.manager.install`): backend sets into `Service.update`.
 
+A mode: tcp listener (`lb.proxy.tcp`) has no exchanges: it reports each connection once, as it
+ends, to the `TcpObserver`s in `Runtime.tcp_observers` (the access log), and its failed
+connection attempts through `Runtime.record_failure` like the HTTP path.
+
 Every reload recompiles the routes and runs `Runtime.compile_hooks` on the new table before it
 is swapped in, which is how traffic control re-attaches its parts to the compiled routes.
 """
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from .proxy.downstream import ClientConnection
     from .proxy.exchange import Exchange
     from .proxy.failures import Failure
+    from .proxy.tcp.proxy import TcpConnection
 
 
 class Observer(Protocol):
@@ -32,6 +37,12 @@ class Observer(Protocol):
     def record(self, ex: "Exchange", ok: bool) -> None: ...
 
     def refusal(self, conn: "ClientConnection", status: int) -> None: ...
+
+
+class TcpObserver(Protocol):
+    """Told of every connection of a tcp listener once, when both its sides have closed."""
+
+    def record_tcp(self, conn: "TcpConnection") -> None: ...
 
 
 class FailureHook(Protocol):

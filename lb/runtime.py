@@ -10,12 +10,12 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .balancer.service import Service, static_specs
 from .config import Loaded, model
-from .hooks import FailureHook, Observer
-from .observe.metrics import Counters
+from .hooks import FailureHook, Observer, TcpObserver
+from .observe.metrics import BackendLabels, Counters
 from .proxy.accept import Descriptors
 from .proxy.downstream import ClientConnection
 from .proxy.failures import Failure
@@ -23,6 +23,9 @@ from .proxy.outbox import Outbox
 from .proxy.tls import TlsSwitch
 from .routing.route import Route, compile_route
 from .routing.table import RouteTable
+
+if TYPE_CHECKING:
+    from .proxy.tcp.listener import TcpListenerRuntime
 
 H = TypeVar("H")
 
@@ -104,9 +107,13 @@ class Runtime:
         self.loaded_at = time.time()
         self.services: dict[str, Service] = {}
         self.table = RouteTable([])
-        self.listeners: dict[str, ListenerRuntime] = {}
+        # By name; a mode: tcp listener has a TcpListenerRuntime (lb/proxy/tcp/listener.py).
+        self.listeners: dict[str, ListenerRuntime | TcpListenerRuntime] = {}
         # record(exchange, ok) hooks, called by the exchange: metrics, access log
         self.observers: list[Observer] = []
+        # record_tcp(connection) hooks, called as a tcp listener's connection ends: access log
+        self.tcp_observers: list[TcpObserver] = []
+        self.tcp_labels = BackendLabels()  # bounded `backend` labels of the lb_tcp_* series
         self.failure_hooks: list[FailureHook] = []
         # Run on every new table right before it is swapped in (config apply and dynamic
         # routes), when services and `config` are already updated: traffic control attaches

@@ -15,6 +15,7 @@ from .discovery.manager import install as install_discovery
 from .listeners import ListenerPlan, prepare_listeners
 from .observe import install as install_observability
 from .proxy.accept import Acceptor, Descriptors, raise_descriptor_limit
+from .proxy.tcp.listener import TcpListenerRuntime
 from .runtime import ListenerRuntime, Runtime
 from .traffic.control import install as install_traffic_control
 
@@ -38,8 +39,9 @@ class Server:
         self.reuse_port = reuse_port
         # One per listening address, kept across reloads while some listener binds there.
         self.acceptors: dict[tuple[str, int], Acceptor] = {}
-        # Listeners a reload removed, until their last connection has closed.
-        self.retired: list[ListenerRuntime] = []
+        # Listeners a reload removed (or switched between http and tcp), until their last
+        # connection has closed.
+        self.retired: list[ListenerRuntime | TcpListenerRuntime] = []
         self.stopping = asyncio.Event()
         self.reload_lock = asyncio.Lock()
         self.admin: Any = None
@@ -81,11 +83,12 @@ class Server:
         """Switch to the prepared listeners: new sockets accept first, then the sockets no
         listener binds any more close; connections already open carry on where they are."""
         runtime = self.runtime
-        listeners: dict[str, ListenerRuntime] = {}
+        listeners: dict[str, ListenerRuntime | TcpListenerRuntime] = {}
         for cfg in plan.configs:
             lr = runtime.listeners.get(cfg.name)
-            if lr is None:
-                lr = ListenerRuntime(runtime, cfg, self.loop)
+            kind = TcpListenerRuntime if cfg.mode == "tcp" else ListenerRuntime
+            if lr is None or type(lr) is not kind:  # new, or its mode changed
+                lr = kind(runtime, cfg, self.loop)
             else:
                 lr.configure(cfg)
             lr.tls = plan.tls[cfg.name]
@@ -96,7 +99,7 @@ class Server:
             if cfg.bind in plan.bound:
                 log.info("listening on %s:%d (%s)", cfg.bind[0], cfg.bind[1], cfg.name)
         for name, lr in runtime.listeners.items():
-            if name not in listeners and lr.connections:
+            if listeners.get(name) is not lr and lr.connections:
                 self.retired.append(lr)
         self.retired = [lr for lr in self.retired if lr.connections]
         runtime.listeners = listeners

@@ -219,6 +219,7 @@ def _listener(lr: Any) -> dict[str, Any]:
     return {
         "name": lr.name,
         "bind": f"{cfg.bind[0]}:{cfg.bind[1]}",
+        "mode": cfg.mode,
         "tls": cfg.tls is not None,
         "connections": len(lr.connections),
         "accepted": lr.accepted,

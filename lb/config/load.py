@@ -1,7 +1,7 @@
 """Load a config file, or a directory of them merged in name order, into a validated Config."""
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +164,7 @@ def _cross_check(b: Builder, c: Config) -> None:
                 f"routes[{i}].rate_limit.backend",
                 "backend: redis needs a top-level redis: {url: ...} block",
             )
+    _check_tcp_listeners(b, c, known)
     for name, s in c.services.items():
         if s is None:
             continue
@@ -180,3 +181,40 @@ def _cross_check(b: Builder, c: Config) -> None:
             "listeners",
             "at least one listener is needed",
         )
+
+
+def _check_tcp_listeners(
+    b: Builder, c: Config, known: Callable[[str | None, object, str, str], None]
+) -> None:
+    """Services named by tcp listeners exist; what a tcp service cannot do is said."""
+    tcp_services: set[str] = set()
+    for i, lc in enumerate(c.listeners):
+        if lc is None or lc.mode != "tcp":
+            continue
+        known(lc.service, lc, "service", f"listeners[{i}].service")
+        known(lc.default_service, lc, "default_service", f"listeners[{i}].default_service")
+        for host, name in lc.sni_routes.items():
+            known(name, lc, "sni_routes", f"listeners[{i}].sni_routes.{host}")
+        tcp_services.update(n for n in (lc.service, lc.default_service) if n)
+        tcp_services.update(lc.sni_routes.values())
+    http_services: set[str] = set()
+    for r in c.routes:
+        if r is not None:
+            http_services.update(n for n in (r.service,) if n)
+            http_services.update(t.service for t in r.split or [] if t is not None)
+    for name, s in c.services.items():
+        if s is None:
+            continue
+        if s.proxy_protocol is not None and name in http_services:
+            b.error(
+                marks(s)["proxy_protocol"],
+                f"services.{name}.proxy_protocol",
+                "only tcp listeners send the PROXY header, and routes send HTTP to this "
+                "service: give the tcp listener a service of its own",
+            )
+        if s.tls is not None and name in tcp_services:
+            b.error(
+                marks(s)["tls"],
+                f"services.{name}.tls",
+                "a tcp listener forwards bytes as they are and does not open TLS to backends",
+            )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from .schema import Check, OneOrMany, Unit
+from .schema import Check, OneOrMany, Unit, marks
 from .units import parse_duration, parse_rate, parse_size
 
 Report = Callable[[str, str], None]
@@ -82,6 +82,10 @@ class ListenerTimeouts:
     keepalive_idle: Duration = 60.0  # idle keep-alive client connections are closed after this
     client_body_idle: Duration = 60.0  # no body bytes from the client for this long: 408
     drain: Duration = 30.0  # graceful shutdown: how long in-flight requests may take
+    # mode: tcp only: no bytes either way for this long closes both sides. 5 minutes, the
+    # order of what TCP load balancers use (AWS NLB 350 s; HAProxy users set `timeout
+    # client/server` in minutes for TCP): long enough for a quiet database session.
+    idle: Duration = 300.0
 
 
 @dataclass
@@ -97,11 +101,12 @@ class AccessLog:
     fields: list[str] | None = None  # None: all fields
 
     def check(self, report: Report) -> None:
-        from ..observe.accesslog import FIELDS
+        from ..observe.accesslog import FIELDS, TCP_FIELDS
 
-        for name in self.fields or ():
-            if name not in FIELDS:
-                hint = difflib.get_close_matches(name, FIELDS, n=1)
+        known = (*FIELDS, *(f for f in TCP_FIELDS if f not in FIELDS))
+        for name in self.fields or ():  # which mode each field belongs to: Listener.check
+            if name not in known:
+                hint = difflib.get_close_matches(name, known, n=1)
                 extra = f' (did you mean "{hint[0]}"?)' if hint else ""
                 report("fields", f'unknown access-log field "{name}"{extra}')
 
@@ -122,10 +127,23 @@ class RateLimit:
                 report("key", f'expected client_ip, route or header:NAME, found "{k}"')
 
 
+_HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def _valid_sni_pattern(pattern: str) -> bool:
+    """A host name, or "*." and a host name (any subdomain of it, at any depth)."""
+    host = pattern[2:] if pattern.startswith("*.") else pattern
+    labels = host.split(".")
+    return 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
 @dataclass
 class Listener:
     name: str
     bind: Address
+    # http: lb speaks HTTP (routes choose the service); tcp: bytes are forwarded as they are
+    # (HAProxy's `mode tcp`), to `service` or, with tls_passthrough, by the ClientHello's SNI.
+    mode: Literal["http", "tcp"] = "http"
     tls: ListenerTls | None = None
     redirect_to_https: int | None = None  # plain listener answering 308 to https on this port
     timeouts: ListenerTimeouts = field(default_factory=ListenerTimeouts)
@@ -133,6 +151,80 @@ class Listener:
     access_log: AccessLog | None = None
     rate_limit: RateLimit | None = None
     trusted_proxies: list[Cidr] = field(default_factory=list)
+    # Accept a PROXY protocol v1/v2 header, from trusted_proxies only (tcp listeners).
+    proxy_protocol: bool = False
+    service: str | None = None  # tcp: where connections go
+    tls_passthrough: bool = False  # tcp: choose by the SNI of the ClientHello, TLS untouched
+    sni_routes: dict[str, str] = field(default_factory=dict)  # host or "*.domain" -> service
+    default_service: str | None = None  # passthrough: no SNI, or none matching; else closed
+
+    def check(self, report: Report) -> None:
+        from ..observe.accesslog import FIELDS, TCP_FIELDS
+
+        if self.mode == "tcp":
+            self._check_tcp(report)
+        else:
+            self._check_http(report)
+        if self.proxy_protocol and not self.trusted_proxies:
+            report(
+                "proxy_protocol",
+                "proxy_protocol needs trusted_proxies: the addresses allowed to send the header",
+            )
+        fields = self.access_log.fields if self.access_log is not None else None
+        allowed = TCP_FIELDS if self.mode == "tcp" else FIELDS
+        for name in fields or ():
+            if name not in allowed:
+                report("access_log", f'"{name}" is not an access-log field of mode: {self.mode}')
+
+    def _check_tcp(self, report: Report) -> None:
+        http_only = {
+            "tls": self.tls is not None,
+            "redirect_to_https": self.redirect_to_https is not None,
+            "limits": "limits" in marks(self),
+            "rate_limit": self.rate_limit is not None,
+        }
+        for name, given in http_only.items():
+            if given:
+                report(name, f"{name} applies to mode: http listeners, not to mode: tcp")
+        for name in ("client_body_idle", "keepalive_idle"):
+            if name in marks(self.timeouts):
+                report("timeouts", f"timeouts.{name} applies to mode: http listeners")
+        if not self.tls_passthrough:
+            if self.service is None:
+                report("", "a mode: tcp listener needs service: NAME, or tls_passthrough: true")
+            for name in ("sni_routes", "default_service"):
+                if getattr(self, name):
+                    report(name, f"{name} needs tls_passthrough: true")
+            return
+        if self.service is not None:
+            report("service", "with tls_passthrough, use sni_routes and default_service")
+        if not self.sni_routes and self.default_service is None:
+            report("sni_routes", "tls_passthrough needs sni_routes or a default_service")
+        seen: set[str] = set()
+        for pattern in self.sni_routes:
+            if not _valid_sni_pattern(pattern.lower()):
+                report(
+                    "sni_routes",
+                    f'expected a host name or "*.example.com", found "{pattern}"',
+                )
+            elif pattern.lower() in seen:
+                report("sni_routes", f'"{pattern}" is given twice')
+            seen.add(pattern.lower())
+
+    def _check_http(self, report: Report) -> None:
+        tcp_only = {
+            "service": self.service is not None,
+            "tls_passthrough": self.tls_passthrough,
+            "sni_routes": bool(self.sni_routes),
+            "default_service": self.default_service is not None,
+        }
+        for name, given in tcp_only.items():
+            if given:
+                report(name, f"{name} applies to mode: tcp listeners; HTTP goes by routes")
+        if "idle" in marks(self.timeouts):
+            report("timeouts", "timeouts.idle applies to mode: tcp listeners")
+        if self.proxy_protocol:
+            report("proxy_protocol", "proxy_protocol is supported on mode: tcp listeners only")
 
 
 # -- control plane -----------------------------------------------------------------------------
@@ -241,6 +333,7 @@ class UpstreamTls:
 
 @dataclass
 class HealthCheck:
+    type: Literal["http", "tcp"] = "http"  # tcp: passes when a connection opens in time
     path: str = "/healthz"
     expected_statuses: list[Status] = field(default_factory=lambda: list(range(200, 400)))
     interval: Duration = 2.0
@@ -256,6 +349,10 @@ class HealthCheck:
         for name in ("interval", "timeout"):
             if getattr(self, name) <= 0:
                 report(name, "expected a positive duration")
+        if self.type == "tcp":
+            for name in ("path", "expected_statuses", "host"):
+                if name in marks(self):
+                    report(name, f"{name} applies to type: http health checks")
 
 
 @dataclass
@@ -311,6 +408,9 @@ class Service:
     outlier_detection: OutlierDetection | None = None
     panic_threshold: Percent = 50.0
     fallback: str | None = None
+    # Sent to each backend connection of a tcp listener before the client's bytes (HAProxy's
+    # send-proxy / send-proxy-v2): the backend learns the client's address.
+    proxy_protocol: Literal["v1", "v2"] | None = None
 
     def check(self, report: Report) -> None:
         if self.discovery == "consul" and self.consul is None:

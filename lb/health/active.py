@@ -1,9 +1,11 @@
-"""Active HTTP health checks with rise/fall thresholds (HAProxy's model and defaults).
+"""Active health checks with rise/fall thresholds (HAProxy's model and defaults).
 
-Each probe opens a fresh connection (TLS if a context is given), sends one `GET` with
-`Connection: close` and reads only the status line: the verdict needs nothing more, and not
-reading the body keeps a probe cheap whatever the endpoint returns. Connect, send and read
-together are bounded by `timeout`.
+An HTTP probe (`type: http`, the default) opens a fresh connection (TLS if a context is
+given), sends one `GET` with `Connection: close` and reads only the status line: the verdict
+needs nothing more, and not reading the body keeps a probe cheap whatever the endpoint
+returns. Connect, send and read together are bounded by `timeout`. A TCP probe (`type: tcp`,
+for the services of tcp listeners, HAProxy's plain `check`) passes when a connection opens
+within `timeout`, and closes it at once.
 
 State: a backend goes down after `fall` consecutive failed probes and comes back after `rise`
 consecutive passes (Traefik marks a server down on one failed probe, which flaps). A new
@@ -36,6 +38,7 @@ FAILED = "active-check-failed: "
 @dataclass(frozen=True)
 class HealthCheckSettings:
     path: str = "/healthz"
+    type: str = "http"  # "http" | "tcp"
     expected: Collection[int] = range(200, 400)  # a range, or explicit statuses
     interval: float = 2.0
     timeout: float = 1.0
@@ -53,6 +56,8 @@ class HealthCheckSettings:
             raise ValueError("rise and fall must be at least 1")
         if not 0 <= self.jitter < 1:
             raise ValueError("jitter must be within [0, 1)")
+        if self.type not in ("http", "tcp"):
+            raise ValueError(f"health check type must be http or tcp: {self.type!r}")
         if self.host is not None and any(c in self.host for c in " \r\n"):
             raise ValueError(f"invalid health check host: {self.host!r}")
         if not isinstance(self.expected, range | frozenset):
@@ -152,10 +157,14 @@ class ActiveChecker:
             await asyncio.sleep(s.interval * (1 + s.jitter * self._rng.uniform(-1, 1)))
 
     async def probe(self) -> tuple[bool, str]:
-        """One check: (passed, detail), detail like "status 200", "timeout"."""
+        """One check: (passed, detail), detail like "status 200", "connected", "timeout"."""
         writer: asyncio.StreamWriter | None = None
+        tcp = self.settings.type == "tcp"
         try:
             async with asyncio.timeout(self.settings.timeout):
+                if tcp:
+                    _, writer = await asyncio.open_connection(self.host, self.port)
+                    return True, "connected"
                 reader, writer = await asyncio.open_connection(
                     self.host,
                     self.port,

@@ -19,6 +19,7 @@ from .active import ActiveChecker, HealthCheckSettings
 def settings_from(cfg: model.HealthCheck) -> HealthCheckSettings:
     return HealthCheckSettings(
         path=cfg.path,
+        type=cfg.type,
         expected=frozenset(cfg.expected_statuses),
         interval=cfg.interval,
         timeout=cfg.timeout,

@@ -50,6 +50,7 @@ class Observability:
         for sink in self.access_log.configure(runtime.config.listeners):
             self.server.loop.create_task(sink.close())
         set_hook(runtime.observers, self.access_log, self.access_log.active)
+        set_hook(runtime.tcp_observers, self.access_log, self.access_log.active)
 
     # -- the Server extension interface ------------------------------------------------------------
     async def start(self) -> None:
@@ -65,6 +66,7 @@ class Observability:
     async def close(self) -> None:
         runtime = self.server.runtime
         set_hook(runtime.observers, self.access_log, False)
+        set_hook(runtime.tcp_observers, self.access_log, False)
         await self.access_log.close()
 
 

@@ -17,6 +17,13 @@ secrets), protocol, status (0: no response was sent), bytes (response body bytes
 backend, or the whole answer when lb replied itself), duration_ms, upstream_ms (last attempt:
 request sent to response end; null without a backend), route, service, backend, retries,
 failure (why the exchange failed, else null), request_id.
+
+A mode: tcp listener writes one line per connection when it ends (`record_tcp`), with its own
+fields (`TCP_FIELDS`): timestamp (when it was accepted), listener, client (address:port, the
+PROXY header's when there was one), protocol ("tcp"), sni (passthrough), service, backend,
+bytes_in (from the client), bytes_out (to the client), duration_ms, connect_ms (to the
+backend, null without one), retries (backends tried after the first), termination (why it
+ended: done, client-closed, backend-closed, idle-timeout, connect-failure, ...).
 """
 
 from __future__ import annotations
@@ -31,9 +38,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily
+
+if TYPE_CHECKING:
+    from ..proxy.tcp.proxy import TcpConnection
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,21 @@ FIELDS = (
     "retries",
     "failure",
     "request_id",
+)
+TCP_FIELDS = (
+    "timestamp",
+    "listener",
+    "client",
+    "protocol",
+    "sni",
+    "service",
+    "backend",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "connect_ms",
+    "retries",
+    "termination",
 )
 FLUSH_DELAY = 0.05  # seconds: lines written together within this window share one write
 MAX_PENDING = 20_000  # lines held for a sink that is not keeping up; beyond: dropped, counted
@@ -200,11 +225,24 @@ def _n(value: float | None) -> str:
     return "null" if value is None else repr(value)
 
 
-class Subset:
-    """A listener's own choice and order of fields."""
+def format_tcp(row: Row) -> str:
+    """Every field of a TCP connection's line (TCP_FIELDS), spelled out like `format_all`."""
+    (ts, listener, client, protocol, sni, service, backend, bytes_in, bytes_out, duration,
+     connect, retries, termination) = row  # fmt: skip
+    return (
+        f'{{"timestamp":"{ts}","listener":{_s(listener)},"client":{_s(client)},'
+        f'"protocol":{_s(protocol)},"sni":{_s(sni)},"service":{_s(service)},'
+        f'"backend":{_s(backend)},"bytes_in":{bytes_in},"bytes_out":{bytes_out},'
+        f'"duration_ms":{_n(duration)},"connect_ms":{_n(connect)},"retries":{retries},'
+        f'"termination":{_s(termination)}}}\n'
+    )
 
-    def __init__(self, fields: Iterable[str]) -> None:
-        self.picks = tuple((f, FIELDS.index(f)) for f in fields)
+
+class Subset:
+    """A listener's own choice and order of fields (of FIELDS, or TCP_FIELDS for tcp)."""
+
+    def __init__(self, fields: Iterable[str], names: tuple[str, ...] = FIELDS) -> None:
+        self.picks = tuple((f, names.index(f)) for f in fields)
 
     def __call__(self, row: Row) -> str:
         return _encode({name: row[i] for name, i in self.picks}) + "\n"
@@ -237,7 +275,9 @@ class AccessLog:
                 sink = self.sinks[al.path] = Sink(al.path, self.loop)
             used.add(al.path)
             fmt: Formatter = format_all
-            if al.fields is not None:
+            if cfg.mode == "tcp":
+                fmt = format_tcp if al.fields is None else Subset(al.fields, TCP_FIELDS)
+            elif al.fields is not None:
                 fmt = Subset(al.fields)  # names were checked against FIELDS when loading
             by_listener[cfg.name] = (sink, fmt)
         self.by_listener = by_listener
@@ -282,6 +322,32 @@ class AccessLog:
         client = conn.peer_ip.decode("latin-1")
         row = (ts, conn.listener.name, client, None, None, None, None, status, 0, None, None,
                None, None, None, 0, "refused", None)  # fmt: skip
+        sink, fmt = entry
+        sink.add(fmt(row))
+
+    def record_tcp(self, conn: TcpConnection) -> None:
+        """`Runtime.tcp_observers`: a connection of a mode: tcp listener has ended."""
+        entry = self.by_listener.get(conn.listener.name)
+        if entry is None:
+            return
+        now = time.monotonic()
+        svc, b = conn.service, conn.backend
+        host, port = conn.source
+        row = (
+            self._timestamp(conn.started),
+            conn.listener.name,
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "tcp",
+            conn.sni,
+            svc.name if svc is not None else None,
+            b.name if b is not None else None,
+            conn.bytes_in,
+            conn.bytes_out,
+            round((now - conn.t0) * 1000, 3),
+            round(conn.connect_time * 1000, 3) if conn.connect_time is not None else None,
+            max(0, conn.attempts - 1),
+            conn.reason,
+        )
         sink, fmt = entry
         sink.add(fmt(row))
 

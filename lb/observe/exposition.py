@@ -223,9 +223,16 @@ class Exposition(Collector):
         accepted = CounterMetricFamily(
             "lb_client_connections_accepted", "Client connections accepted.", labels=["listener"]
         )
+        tcp = GaugeMetricFamily(
+            "lb_tcp_active_connections",
+            "Open connections of tcp listeners (client side; with a backend or still choosing).",
+            labels=["listener"],
+        )
         for name, lr in runtime.listeners.items():
             conns.add_metric([name], len(lr.connections))
             accepted.add_metric([name], lr.accepted)
+            if lr.cfg.mode == "tcp":
+                tcp.add_metric([name], len(lr.connections))
         refused = CounterMetricFamily(
             "lb_refused",
             "Requests refused before routing (400, 408, 413, 431, ...).",
@@ -245,7 +252,7 @@ class Exposition(Collector):
             "backlog).",
             value=d.limited,
         )
-        yield from (conns, accepted, refused, cap, limited)
+        yield from (conns, accepted, refused, cap, limited, tcp)
 
     # -- traffic control and discovery extension points --------------------------------------------
     def _traffic_control(self) -> Iterator[Any]:

@@ -108,6 +108,52 @@ register_counter(
     ("source",),
 )
 
+# mode: tcp listeners (lb/proxy/tcp); lb_tcp_active_connections is a gauge of exposition.py.
+register_counter(
+    "tcp_connections",
+    "lb_tcp_connections_total",
+    "Connections of tcp listeners proxied to a backend (counted once it is connected).",
+    ("listener", "service", "backend"),
+)
+register_counter(
+    "tcp_bytes",
+    "lb_tcp_bytes_total",
+    'Bytes forwarded by tcp listeners: direction="in" from clients, "out" to clients.',
+    ("listener", "direction"),
+)
+register_counter(
+    "tcp_connect_failures",
+    "lb_tcp_connect_failures_total",
+    "Failed connection attempts of tcp listeners to a service's backends (each try).",
+    ("service",),
+)
+register_counter(
+    "tcp_terminations",
+    "lb_tcp_terminations_total",
+    "Ended connections of tcp listeners by reason (done, client-closed, idle-timeout, ...).",
+    ("listener", "reason"),
+)
+
+
+class BackendLabels:
+    """The `backend` label of the lb_tcp_* series: a service's first `limit` backends (in the
+    order they are first counted) keep their name, later ones share "other", as in the
+    HTTP series. Only labelled names are remembered, so memory stays bounded too."""
+
+    def __init__(self) -> None:
+        self._named: dict[str, set[str]] = {}
+
+    def label(self, service: str, backend: str, limit: int) -> str:
+        named = self._named.get(service)
+        if named is None:
+            named = self._named[service] = set()
+        if backend in named:
+            return backend
+        if len(named) < limit:
+            named.add(backend)
+            return backend
+        return OTHER
+
 
 def service_part(svc: Any, name: str) -> Any:
     """A service's traffic-control object (`breaker`, `caps`, `outlier`): held by its `gate`,
