@@ -19,6 +19,7 @@ MODULES = (
     "lb.proxy.exchange",
     "lb.proxy.downstream",
     "lb.observe.recorder",
+    "lb.routing.table",
 )
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

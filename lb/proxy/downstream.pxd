@@ -1,7 +1,9 @@
 # Augmenting declarations for downstream.py: compiled, ClientConnection is an extension type.
 cimport cython
 from lb.proxy.exchange cimport Exchange
-from lb.proxy.headers cimport add_lines, analyze_request, join_headers
+from lb.proxy.headers cimport (
+    RequestInfo, add_lines, analyze_request, http10_rules, is_http10, join_headers
+)
 from lb.proxy.outbox cimport Writer
 from lb.proxy.timer cimport Deadline
 
@@ -28,7 +30,10 @@ cdef class ClientConnection(Writer):
     cdef public object tunnel
     cdef public Deadline deadline
 
-    @cython.locals(ex=Exchange, method=bytes, target=bytes, path=str, query=str, http10=bint)
+    @cython.locals(
+        ex=Exchange, method=bytes, target=bytes, path=str, query=str, http10=bint,
+        keep_alive=bint, info=RequestInfo
+    )
     cpdef on_headers_complete(self)
     cpdef send_interim(self, Exchange ex, long status, list headers)
     @cython.locals(parts=list, close=bint, chunked=bint)

@@ -16,7 +16,14 @@ import httptools
 from . import responses
 from .exchange import DONE, Exchange
 from .flow import PAUSE_BUFFER, PAUSE_QUEUE
-from .headers import BadRequest, add_lines, analyze_request, join_headers
+from .headers import (
+    BadRequest,
+    add_lines,
+    analyze_request,
+    http10_rules,
+    is_http10,
+    join_headers,
+)
 from .outbox import Writer
 from .timer import Deadline
 
@@ -186,12 +193,15 @@ class ClientConnection(Writer):
     def on_headers_complete(self) -> None:
         self.in_headers = False
         parser = self.parser
-        http10 = parser.get_http_version() == "1.0"
         method = parser.get_method()
         if method == b"CONNECT":
             raise _Refuse(501)
-        info = analyze_request(self._headers, http10)
-        if info.host is None and not http10:
+        info = analyze_request(self._headers)
+        keep_alive = parser.should_keep_alive()
+        http10 = is_http10(info, keep_alive, parser.get_http_version)
+        if http10:
+            http10_rules(info)
+        elif info.host is None:
             raise BadRequest(400, "HTTP/1.1 request without Host")
         target = self._url
         if target[:1] != b"/":
@@ -213,7 +223,7 @@ class ClientConnection(Writer):
             query,
             info,
             http10,
-            parser.should_keep_alive() and not self.closing,
+            keep_alive and not self.closing,
             route,
             monotonic(),  # durations: uvloop's loop.time() ticks in whole milliseconds
         )
