@@ -2,7 +2,7 @@
 cimport cython
 from lb.proxy.exchange cimport Exchange
 from lb.proxy.headers cimport (
-    RequestInfo, add_lines, analyze_request, http10_rules, is_http10, join_headers
+    RequestInfo, add_lines, analyze_request, content_length_line, http10_rules, is_http10, join_headers
 )
 from lb.proxy.outbox cimport Writer
 from lb.proxy.timer cimport Deadline

@@ -20,6 +20,7 @@ from .headers import (
     BadRequest,
     add_lines,
     analyze_request,
+    content_length_line,
     http10_rules,
     is_http10,
     join_headers,
@@ -279,7 +280,7 @@ class ClientConnection(Writer):
         close = ex.upgrade or not ex.keep_alive or self.closing
         chunked = False
         if length >= 0:
-            parts += (b"content-length: ", b"%d" % length, b"\r\n")
+            parts.append(content_length_line(length))
         elif ex.method == b"HEAD" or status == 204 or status == 304:
             pass
         elif ex.http10:

@@ -33,6 +33,8 @@ cpdef ResponseInfo analyze_response(list headers)
 @cython.locals(item=tuple)
 cpdef add_lines(list parts, list headers)
 cpdef bytes join_headers(list headers)
+cpdef bytes content_length_line(Py_ssize_t n)
+cdef list _LENGTH_LINES
 
 cdef dict _LOWER
 cdef frozenset HOP_BY_HOP

@@ -222,6 +222,14 @@ def add_lines(parts: list[bytes], headers: list[tuple[bytes, bytes]]) -> None:
         parts.append(b"\r\n")
 
 
+_LENGTH_LINES = [b"content-length: %d\r\n" % n for n in range(4096)]
+
+
+def content_length_line(n: int) -> bytes:
+    """The Content-Length header line; small lengths, the common ones, are made once."""
+    return _LENGTH_LINES[n] if n < 4096 else b"content-length: %d\r\n" % n
+
+
 def join_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
     parts: list[bytes] = []
     add_lines(parts, headers)
