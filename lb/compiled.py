@@ -15,6 +15,7 @@ MODULES = (
     "lb.proxy.timer",
     "lb.proxy.outbox",
     "lb.proxy.headers",
+    "lb.proxy.side",
     "lb.proxy.upstream",
     "lb.proxy.exchange",
     "lb.proxy.downstream",

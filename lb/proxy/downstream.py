@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections import deque
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -25,8 +25,11 @@ from .headers import (
     is_http10,
     join_headers,
 )
-from .outbox import Writer
+from .side import Downstream
 from .timer import Deadline
+
+if TYPE_CHECKING:
+    from .upstream import UpstreamConnection
 
 log = logging.getLogger("lb.proxy")
 _STATUS_LINES: dict[int, bytes] = {}
@@ -53,7 +56,7 @@ class _Refuse(Exception):
         self.status = status
 
 
-class ClientConnection(Writer):
+class ClientConnection(Downstream):
     __slots__ = (
         "_head_bytes",
         "_headers",
@@ -68,20 +71,14 @@ class ClientConnection(Writer):
         "deadline",
         "in_headers",
         "lingering",
-        "listener",
-        "loop",
         "parser",
-        "peer_ip",
         "queue",
         "tunnel",
     )
 
     def __init__(self, listener: Any) -> None:
-        Writer.__init__(self, listener.runtime.outbox)
-        self.listener = listener
-        self.loop: asyncio.AbstractEventLoop = listener.loop
+        Downstream.__init__(self, listener, listener.runtime.outbox)
         self.parser = httptools.HttpRequestParser(self)
-        self.peer_ip = b"unknown"
         self.current: Exchange | None = None  # the exchange whose response is being written
         self.queue: deque[Exchange] = deque()
         self._req: Exchange | None = None  # the exchange whose request is being read
@@ -377,7 +374,7 @@ class ClientConnection(Writer):
         if not self.in_headers:
             self.deadline.set(self.listener.timeouts.keepalive_idle, "idle")
 
-    def start_tunnel(self, ex: Exchange, conn: Any, rest: bytes) -> None:
+    def start_tunnel(self, ex: Exchange, conn: "UpstreamConnection", rest: bytes) -> None:
         from .tunnel import Tunnel
 
         self.current = None

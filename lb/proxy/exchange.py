@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..balancer.backend import Backend
 from ..balancer.service import Service
@@ -26,6 +26,7 @@ from .headers import RequestInfo, ResponseInfo
 
 if TYPE_CHECKING:
     from ..hooks import Gate
+    from .side import Downstream
     from .upstream import UpstreamConnection
 
 HEAD, ADMITTED, CONNECTING, SENT, STREAMING, TUNNEL, DONE = range(7)
@@ -77,7 +78,7 @@ class Exchange:
 
     def __init__(
         self,
-        client: Any,
+        client: Downstream,
         method: bytes,
         target: bytes,
         path: str,
@@ -277,8 +278,7 @@ class Exchange:
             conn.send_end(self.trailers)
         if self.early:
             conn.write(self.early)
-        if client._paused:
-            client.resume_reading(PAUSE_BUFFER)
+        client.resume_reading(PAUSE_BUFFER)
 
     def _await_response_head(self, conn: UpstreamConnection) -> None:
         route = self.route
