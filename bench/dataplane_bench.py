@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,6 +35,22 @@ metrics: {enabled: true}
 services:
   app: {backends: ["127.0.0.1:19101", "127.0.0.1:19102"]}
 routes: [{name: all, match: {path: {prefix: /}}, service: app}]
+"""
+# lb_policies of bench/run.py: a rate limit and breakers configured, neither triggered.
+POLICIES = """\
+listeners: [{name: bench, bind: "127.0.0.1:18090"}]
+admin: {bind: "127.0.0.1:19990"}
+metrics: {enabled: true}
+services:
+  app:
+    backends: ["127.0.0.1:19101", "127.0.0.1:19102"]
+    circuit_breaker: {max_requests: 100000, max_pending: 100000, max_connections: 100000,
+                      consecutive_failures: 1000, failure_ratio: 0.9, min_requests: 1000}
+routes:
+  - name: all
+    match: {path: {prefix: /}}
+    service: app
+    rate_limit: {rate: "1000000/s", burst: 1000000, key: client_ip}
 """
 RESP = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 18:45:36 GMT\r\n"
@@ -71,7 +88,9 @@ class FakeTransport:
         self.closing = True
 
 
-async def measure(n: int, rounds: int, prof: bool, metrics: bool) -> tuple[str, list[float]]:
+async def measure(
+    n: int, rounds: int, prof: bool, metrics: bool, policies: bool
+) -> tuple[str, list[float]]:
     import lb.compiled
     from lb.config import load
     from lb.observe.metrics import Metrics
@@ -79,15 +98,18 @@ async def measure(n: int, rounds: int, prof: bool, metrics: bool) -> tuple[str, 
     from lb.proxy.downstream import ClientConnection
     from lb.proxy.upstream import UpstreamConnection
     from lb.runtime import ListenerRuntime, Runtime
+    from lb.traffic.control import install as install_traffic_control
 
     loop = asyncio.get_running_loop()
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(CONFIG)
+        f.write(POLICIES if policies else CONFIG)
     try:
         loaded = load(f.name)
     finally:
         os.unlink(f.name)
     rt = Runtime(loaded, loop, Descriptors(1 << 20))
+    # As `lb run` does: default retries on every route, and the policies when configured.
+    install_traffic_control(SimpleNamespace(runtime=rt, loop=loop, extensions=[]))
     if metrics:
         rt.observers.append(Metrics(rt))  # as `lb run` attaches it with metrics on
     lr = ListenerRuntime(rt, loaded.config.listeners[0], loop)
@@ -129,7 +151,8 @@ async def measure(n: int, rounds: int, prof: bool, metrics: bool) -> tuple[str, 
         for _ in range(batches):
             await batch()
         pr.disable()
-        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+        lines = int(os.environ.get("LB_PROF_LINES", "25"))
+        pstats.Stats(pr).sort_stats("tottime").print_stats(lines)
     results = []
     for _ in range(rounds):
         t = time.perf_counter()
@@ -139,14 +162,16 @@ async def measure(n: int, rounds: int, prof: bool, metrics: bool) -> tuple[str, 
     return lb.compiled.implementation(), results
 
 
-def run_one(n: int, rounds: int, prof: bool, metrics: bool) -> None:
+def run_one(n: int, rounds: int, prof: bool, metrics: bool, policies: bool) -> None:
     import uvloop
 
-    impl, results = uvloop.run(measure(n, rounds, prof, metrics))
+    impl, results = uvloop.run(measure(n, rounds, prof, metrics, policies))
     print(f"{impl} {min(results):.2f} {statistics.median(results):.2f}")
 
 
-def child(pure: bool, n: int, rounds: int, metrics: bool = True) -> tuple[str, float, float]:
+def child(
+    pure: bool, n: int, rounds: int, metrics: bool = True, policies: bool = False
+) -> tuple[str, float, float]:
     env = dict(os.environ)
     env.pop("LB_PURE_PYTHON", None)
     if pure:
@@ -154,6 +179,8 @@ def child(pure: bool, n: int, rounds: int, metrics: bool = True) -> tuple[str, f
     cmd = [sys.executable, __file__, "--one", "-n", str(n), "--rounds", str(rounds)]
     if not metrics:
         cmd.append("--no-metrics")
+    if policies:
+        cmd.append("--policies")
     out = subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True)
     impl, best, med = out.stdout.split()[-3:]
     return impl, float(best), float(med)
@@ -166,23 +193,27 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=50_000, help="requests per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-metrics", action="store_true", help="without the metrics observer")
+    ap.add_argument("--policies", action="store_true", help="a rate limit and breakers on")
     args = ap.parse_args()
     if args.one:
-        run_one(args.n, args.rounds, args.prof, not args.no_metrics)
+        run_one(args.n, args.rounds, args.prof, not args.no_metrics, args.policies)
         return
     # Interleaved, so drift on a shared machine hits both sides alike.
     compiled: list[float] = []
     bare: list[float] = []
     pure: list[float] = []
+    policed: list[float] = []
     impl = "python"
     for _ in range(3):
         impl, best, _ = child(False, args.n, args.rounds)
         compiled.append(best)
         bare.append(child(False, args.n, args.rounds, metrics=False)[1])
+        policed.append(child(False, args.n, args.rounds, policies=True)[1])
         pure.append(child(True, args.n, args.rounds)[1])
-    c, m, p = min(compiled), min(bare), min(pure)
+    c, m, p, q = min(compiled), min(bare), min(pure), min(policed)
     print(f"data path as imported ({impl}): {c:.2f} us/request (best of {len(compiled)} runs)")
     print(f"  the same without metrics:      {m:.2f} us/request (metrics cost {c - m:.2f} us)")
+    print(f"  with a rate limit and breakers: {q:.2f} us/request (they cost {q - c:.2f} us)")
     print(f"pure Python (LB_PURE_PYTHON=1):   {p:.2f} us/request")
     print(f"compiled saves {100 * (1 - c / p):.0f}% of the Python-level cost")
 

@@ -15,10 +15,12 @@ MODULES = (
     "lb.proxy.timer",
     "lb.proxy.outbox",
     "lb.proxy.headers",
+    "lb.proxy.side",
     "lb.proxy.upstream",
     "lb.proxy.exchange",
     "lb.proxy.downstream",
     "lb.observe.recorder",
+    "lb.routing.table",
 )
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

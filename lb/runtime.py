@@ -136,7 +136,7 @@ class Runtime:
             if svc is None:
                 svc = self.services[name] = Service(name, scfg)
             else:
-                svc.config = scfg
+                svc.configure(scfg)
             if scfg.discovery == "static":
                 svc.update(static_specs(scfg))
             self._tls.pop(name, None)

@@ -22,7 +22,7 @@ class Service:
         self, name: str, config: model.Service, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.name = name
-        self.config = config
+        self.configure(config)
         self.clock = clock
         self.picker = Picker()
         self.backends: dict[tuple[str, int], Backend] = {}
@@ -37,6 +37,13 @@ class Service:
         self.discovery: ServiceWatch | None = None  # the watch feeding it, when not static
         self.fallback: Service | None = None
         self.on_change: list[Callable[[Service], None]] = []
+
+    def configure(self, config: model.Service) -> None:
+        """A (new) config; what the request path reads of it, as plain attributes."""
+        self.config = config
+        self.head_timeout = float(config.timeouts.response_head)
+        self.idle_timeout = float(config.timeouts.idle)
+        self.max_idle = config.pool.max_idle
 
     # -- membership -----------------------------------------------------------------------------
     def update(self, specs: Iterable[tuple[str, int, int]]) -> None:

@@ -1,17 +1,16 @@
 # Augmenting declarations for downstream.py: compiled, ClientConnection is an extension type.
 cimport cython
 from lb.proxy.exchange cimport Exchange
-from lb.proxy.headers cimport add_lines, analyze_request, join_headers
-from lb.proxy.outbox cimport Writer
+from lb.proxy.headers cimport (
+    RequestInfo, add_lines, analyze_request, content_length_line, http10_rules, is_http10, join_headers
+)
+from lb.proxy.side cimport Downstream
 from lb.proxy.timer cimport Deadline
 
 
 @cython.final
-cdef class ClientConnection(Writer):
-    cdef public object listener
-    cdef public object loop
+cdef class ClientConnection(Downstream):
     cdef public object parser
-    cdef public object peer_ip
     cdef public Exchange current
     cdef public object queue
     cdef public Exchange _req
@@ -28,19 +27,11 @@ cdef class ClientConnection(Writer):
     cdef public object tunnel
     cdef public Deadline deadline
 
-    @cython.locals(ex=Exchange, method=bytes, target=bytes, path=str, query=str, http10=bint)
+    @cython.locals(
+        ex=Exchange, method=bytes, target=bytes, path=str, query=str, http10=bint,
+        keep_alive=bint, info=RequestInfo
+    )
     cpdef on_headers_complete(self)
-    cpdef send_interim(self, Exchange ex, long status, list headers)
-    @cython.locals(parts=list, close=bint, chunked=bint)
-    cpdef send_head(self, Exchange ex, long status, list headers, Py_ssize_t length)
-    cpdef send_body(self, bytes chunk)
-    cpdef send_end(self, trailers)
-    cpdef Py_ssize_t send_reply(
-        self, Exchange ex, long status, object body, object headers, object content_type
-    ) except -1
-    cpdef pause_reading(self, long reason)
-    cpdef resume_reading(self, long reason)
-    cpdef exchange_done(self, Exchange ex, bint close)
     cpdef _close_after_write(self, bint unread=*)
 
 

@@ -9,16 +9,27 @@ import asyncio
 import logging
 from collections import deque
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
 from . import responses
 from .exchange import DONE, Exchange
 from .flow import PAUSE_BUFFER, PAUSE_QUEUE
-from .headers import BadRequest, add_lines, analyze_request, join_headers
-from .outbox import Writer
+from .headers import (
+    BadRequest,
+    add_lines,
+    analyze_request,
+    content_length_line,
+    http10_rules,
+    is_http10,
+    join_headers,
+)
+from .side import Downstream
 from .timer import Deadline
+
+if TYPE_CHECKING:
+    from .upstream import UpstreamConnection
 
 log = logging.getLogger("lb.proxy")
 _STATUS_LINES: dict[int, bytes] = {}
@@ -45,7 +56,7 @@ class _Refuse(Exception):
         self.status = status
 
 
-class ClientConnection(Writer):
+class ClientConnection(Downstream):
     __slots__ = (
         "_head_bytes",
         "_headers",
@@ -60,20 +71,14 @@ class ClientConnection(Writer):
         "deadline",
         "in_headers",
         "lingering",
-        "listener",
-        "loop",
         "parser",
-        "peer_ip",
         "queue",
         "tunnel",
     )
 
     def __init__(self, listener: Any) -> None:
-        Writer.__init__(self, listener.runtime.outbox)
-        self.listener = listener
-        self.loop: asyncio.AbstractEventLoop = listener.loop
+        Downstream.__init__(self, listener, listener.runtime.outbox)
         self.parser = httptools.HttpRequestParser(self)
-        self.peer_ip = b"unknown"
         self.current: Exchange | None = None  # the exchange whose response is being written
         self.queue: deque[Exchange] = deque()
         self._req: Exchange | None = None  # the exchange whose request is being read
@@ -186,12 +191,15 @@ class ClientConnection(Writer):
     def on_headers_complete(self) -> None:
         self.in_headers = False
         parser = self.parser
-        http10 = parser.get_http_version() == "1.0"
         method = parser.get_method()
         if method == b"CONNECT":
             raise _Refuse(501)
-        info = analyze_request(self._headers, http10)
-        if info.host is None and not http10:
+        info = analyze_request(self._headers)
+        keep_alive = parser.should_keep_alive()
+        http10 = is_http10(info, keep_alive, parser.get_http_version)
+        if http10:
+            http10_rules(info)
+        elif info.host is None:
             raise BadRequest(400, "HTTP/1.1 request without Host")
         target = self._url
         if target[:1] != b"/":
@@ -213,7 +221,7 @@ class ClientConnection(Writer):
             query,
             info,
             http10,
-            parser.should_keep_alive() and not self.closing,
+            keep_alive and not self.closing,
             route,
             monotonic(),  # durations: uvloop's loop.time() ticks in whole milliseconds
         )
@@ -269,7 +277,7 @@ class ClientConnection(Writer):
         close = ex.upgrade or not ex.keep_alive or self.closing
         chunked = False
         if length >= 0:
-            parts += (b"content-length: ", b"%d" % length, b"\r\n")
+            parts.append(content_length_line(length))
         elif ex.method == b"HEAD" or status == 204 or status == 304:
             pass
         elif ex.http10:
@@ -366,7 +374,7 @@ class ClientConnection(Writer):
         if not self.in_headers:
             self.deadline.set(self.listener.timeouts.keepalive_idle, "idle")
 
-    def start_tunnel(self, ex: Exchange, conn: Any, rest: bytes) -> None:
+    def start_tunnel(self, ex: Exchange, conn: "UpstreamConnection", rest: bytes) -> None:
         from .tunnel import Tunnel
 
         self.current = None

@@ -1,7 +1,7 @@
 # Augmenting declarations for exchange.py: compiled, Exchange is an extension type.
 cimport cython
 
-from lb.proxy.downstream cimport ClientConnection
+from lb.proxy.side cimport Downstream
 from lb.proxy.headers cimport RequestInfo, ResponseInfo
 from lb.proxy.upstream cimport UpstreamConnection
 
@@ -9,7 +9,7 @@ from lb.proxy.upstream cimport UpstreamConnection
 @cython.final
 @cython.freelist(64)
 cdef class Exchange:
-    cdef public ClientConnection client
+    cdef public Downstream client
     cdef public bytes method
     cdef public bytes target
     cdef public str path

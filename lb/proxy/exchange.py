@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..balancer.backend import Backend
 from ..balancer.service import Service
@@ -26,6 +26,7 @@ from .headers import RequestInfo, ResponseInfo
 
 if TYPE_CHECKING:
     from ..hooks import Gate
+    from .side import Downstream
     from .upstream import UpstreamConnection
 
 HEAD, ADMITTED, CONNECTING, SENT, STREAMING, TUNNEL, DONE = range(7)
@@ -77,7 +78,7 @@ class Exchange:
 
     def __init__(
         self,
-        client: Any,
+        client: Downstream,
         method: bytes,
         target: bytes,
         path: str,
@@ -227,7 +228,7 @@ class Exchange:
     def connected(self, conn: UpstreamConnection, b: Backend) -> None:
         """A connection opened for this exchange's attempt on `b`."""
         if self.phase == DONE or self.backend is not b:
-            conn.release(self.service.config.pool.max_idle)  # the client left meanwhile
+            conn.release(self.service.max_idle)  # the client left meanwhile
             return
         self._send(conn)
 
@@ -277,15 +278,14 @@ class Exchange:
             conn.send_end(self.trailers)
         if self.early:
             conn.write(self.early)
-        if client._paused:
-            client.resume_reading(PAUSE_BUFFER)
+        client.resume_reading(PAUSE_BUFFER)
 
     def _await_response_head(self, conn: UpstreamConnection) -> None:
         route = self.route
         timeout = (
             route.response_head_timeout
             if route and route.response_head_timeout
-            else self.service.config.timeouts.response_head
+            else self.service.head_timeout
         )
         if route is not None and route.retry is not None and route.retry.per_try_timeout:
             timeout = min(timeout, route.retry.per_try_timeout)  # each attempt its own wait
@@ -381,7 +381,7 @@ class Exchange:
         route, svc = self.route, self.service
         if route is not None and route.idle_timeout:
             return float(route.idle_timeout)
-        return float(svc.config.timeouts.idle) if svc is not None else 60.0
+        return svc.idle_timeout if svc is not None else 60.0
 
     def response_finished(self, conn: UpstreamConnection) -> None:
         """The whole response is handed to the client: settle both connections."""
@@ -389,7 +389,7 @@ class Exchange:
         assert svc is not None
         self.upstream = None
         if self.req_done:
-            conn.release(svc.config.pool.max_idle)
+            conn.release(svc.max_idle)
         else:
             conn.close()
         self._finish(True)

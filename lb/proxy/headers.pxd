@@ -7,6 +7,7 @@ cdef class RequestInfo:
     cdef public object host
     cdef public object content_length
     cdef public bint chunked
+    cdef public bint connection_tokens
     cdef public object upgrade
     cdef public bint expect_continue
     cdef public object request_id
@@ -23,14 +24,20 @@ cdef class ResponseInfo:
 
 
 cpdef bytes lower_name(bytes name)
-@cython.locals(info=RequestInfo, forward=list, name=bytes, value=bytes, lname=bytes)
-cpdef RequestInfo analyze_request(list headers, bint http10)
-@cython.locals(info=ResponseInfo, forward=list, name=bytes, value=bytes, lname=bytes)
+@cython.locals(info=RequestInfo, forward=list, item=tuple, name=bytes, value=bytes, lname=bytes, n=Py_ssize_t)
+cpdef RequestInfo analyze_request(list headers)
+cpdef bint is_http10(RequestInfo info, bint keep_alive, version) except -1
+cpdef http10_rules(RequestInfo info)
+@cython.locals(info=ResponseInfo, forward=list, item=tuple, name=bytes, value=bytes, lname=bytes, n=Py_ssize_t)
 cpdef ResponseInfo analyze_response(list headers)
-@cython.locals(name=bytes, value=bytes)
+@cython.locals(item=tuple)
 cpdef add_lines(list parts, list headers)
 cpdef bytes join_headers(list headers)
+cpdef bytes content_length_line(Py_ssize_t n)
+cdef list _LENGTH_LINES
 
 cdef dict _LOWER
 cdef frozenset HOP_BY_HOP
 cdef frozenset _SPECIAL
+cdef bytes _REQUEST_FILTER
+cdef bytes _RESPONSE_FILTER

@@ -6,6 +6,7 @@ One pass over the header list per message; everything that does not depend on th
 
 import os
 import re
+from collections.abc import Callable
 from itertools import count
 
 HOP_BY_HOP = frozenset(
@@ -25,6 +26,20 @@ OVERRIDDEN = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"host"}
 )
 _SPECIAL = HOP_BY_HOP | OVERRIDDEN | {b"expect"}
+
+
+def _name_filter(names: frozenset[bytes]) -> bytes:
+    """A table that rules out most header names without hashing them: indexed by the name's
+    length (under 32) and its first byte's low five bits (so letters of either case agree).
+    A zero says the name is none of `names`; a one says it may be, and the set decides."""
+    table = bytearray(32 * 32)
+    for name in names:
+        table[len(name) << 5 | (name[0] & 31)] = 1
+    return bytes(table)
+
+
+_REQUEST_FILTER = _name_filter(_SPECIAL)
+_RESPONSE_FILTER = _name_filter(HOP_BY_HOP)
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # Request ids are process-unique and cheap: a random per-process prefix and a counter.
 _ID_PREFIX = os.urandom(6).hex().encode()
@@ -55,6 +70,7 @@ class RequestInfo:
 
     __slots__ = (
         "chunked",
+        "connection_tokens",
         "content_length",
         "expect_continue",
         "forward",
@@ -70,12 +86,13 @@ class RequestInfo:
         self.chunked = False
         self.upgrade: bytes | None = None
         self.expect_continue = False
+        self.connection_tokens = False  # Connection named close or keep-alive
         self.request_id: bytes | None = None
         self.xff: bytes | None = None
         self.forward: list[tuple[bytes, bytes]] = []
 
 
-def analyze_request(headers: list[tuple[bytes, bytes]], http10: bool) -> RequestInfo:
+def analyze_request(headers: list[tuple[bytes, bytes]]) -> RequestInfo:
     """Classify headers and apply the framing rules that block request smuggling.
 
     httptools (llhttp, strict mode) already refuses CL+TE, duplicate or malformed
@@ -85,11 +102,17 @@ def analyze_request(headers: list[tuple[bytes, bytes]], http10: bool) -> Request
     info = RequestInfo()
     forward = info.forward
     named: set[bytes] | None = None
-    for name, value in headers:
+    for item in headers:
+        name = item[0]
+        n = len(name)
+        if n > 31 or not _REQUEST_FILTER[n << 5 | (name[0] & 31)]:
+            forward.append(item)
+            continue
         lname = _LOWER.get(name) or lower_name(name)
         if lname not in _SPECIAL:
-            forward.append((name, value))
+            forward.append(item)
             continue
+        value = item[1]
         if lname == b"host":
             if info.host is not None:
                 raise BadRequest(400, "more than one Host header")
@@ -103,15 +126,15 @@ def analyze_request(headers: list[tuple[bytes, bytes]], http10: bool) -> Request
             if len(codings) > 1:
                 # Valid HTTP, but a coding under chunked is not something lb decodes.
                 raise BadRequest(501, "unsupported Transfer-Encoding")
-            if http10:
-                raise BadRequest(400, "Transfer-Encoding in an HTTP/1.0 request")
             info.chunked = True
         elif lname == b"connection":
             for token in value.lower().split(b","):
                 token = token.strip()
                 # close / keep-alive are read by the parser (should_keep_alive); any other
                 # token names a hop-by-hop header to drop.
-                if token and token not in (b"close", b"keep-alive", b"upgrade"):
+                if token == b"close" or token == b"keep-alive":
+                    info.connection_tokens = True
+                elif token and token != b"upgrade":
                     named = named or set()
                     named.add(token)
         elif lname == b"upgrade":
@@ -119,8 +142,8 @@ def analyze_request(headers: list[tuple[bytes, bytes]], http10: bool) -> Request
         elif lname == b"expect":
             if value.lower() != b"100-continue":
                 raise BadRequest(417, "unsupported Expect")
-            # lb answers 100 itself once it forwards (the exchange); HTTP/1.0 knows no 1xx.
-            info.expect_continue = not http10
+            # lb answers 100 itself once it forwards (the exchange).
+            info.expect_continue = True
         elif lname == b"x-request-id":
             if _REQUEST_ID.fullmatch(value):
                 info.request_id = value
@@ -128,10 +151,27 @@ def analyze_request(headers: list[tuple[bytes, bytes]], http10: bool) -> Request
             info.xff = value if info.xff is None else info.xff + b", " + value
         # te, trailer, keep-alive, proxy-connection, x-forwarded-proto/host: dropped
     if named:
-        info.forward = [(n, v) for n, v in forward if n.lower() not in named]
+        info.forward = [h for h in forward if h[0].lower() not in named]
     if info.request_id is None:
         info.request_id = b"%b-%x" % (_ID_PREFIX, next(_ids))
     return info
+
+
+def is_http10(info: RequestInfo, keep_alive: bool, version: Callable[[], str]) -> bool:
+    """Whether the request is HTTP/1.0, mostly without asking the parser (`version`), whose
+    answer is a formatted string: llhttp keeps an HTTP/1.1 connection alive unless it says
+    close, and an HTTP/1.0 one only if it says keep-alive, so without those tokens the
+    parser's keep-alive verdict tells the version."""
+    if not info.connection_tokens:
+        return not keep_alive
+    return version() < "1.1"
+
+
+def http10_rules(info: RequestInfo) -> None:
+    """What an HTTP/1.0 request may not do: chunked bodies; and it knows no 1xx."""
+    if info.chunked:
+        raise BadRequest(400, "Transfer-Encoding in an HTTP/1.0 request")
+    info.expect_continue = False
 
 
 class ResponseInfo:
@@ -147,11 +187,18 @@ def analyze_response(headers: list[tuple[bytes, bytes]]) -> ResponseInfo:
     info = ResponseInfo()
     forward = info.forward
     named: set[bytes] | None = None
-    for name, value in headers:
+    for item in headers:
+        name = item[0]
+        n = len(name)
+        if n > 31 or not _RESPONSE_FILTER[n << 5 | (name[0] & 31)]:
+            forward.append(item)
+            continue
         lname = _LOWER.get(name) or lower_name(name)
         if lname not in HOP_BY_HOP:
-            forward.append((name, value))
-        elif lname == b"content-length":
+            forward.append(item)
+            continue
+        value = item[1]
+        if lname == b"content-length":
             info.content_length = int(value)
         elif lname == b"transfer-encoding":
             info.chunked = value.strip().lower().endswith(b"chunked")
@@ -162,14 +209,25 @@ def analyze_response(headers: list[tuple[bytes, bytes]]) -> ResponseInfo:
                     named = named or set()
                     named.add(token)
     if named:
-        info.forward = [(n, v) for n, v in forward if n.lower() not in named]
+        info.forward = [h for h in forward if h[0].lower() not in named]
     return info
 
 
 def add_lines(parts: list[bytes], headers: list[tuple[bytes, bytes]]) -> None:
     """Append header lines to the pieces of a head that is joined once at the end."""
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
+    for item in headers:
+        parts.append(item[0])
+        parts.append(b": ")
+        parts.append(item[1])
+        parts.append(b"\r\n")
+
+
+_LENGTH_LINES = [b"content-length: %d\r\n" % n for n in range(4096)]
+
+
+def content_length_line(n: int) -> bytes:
+    """The Content-Length header line; small lengths, the common ones, are made once."""
+    return _LENGTH_LINES[n] if n < 4096 else b"content-length: %d\r\n" % n
 
 
 def join_headers(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -3,6 +3,7 @@ cimport cython
 @cython.final
 cdef class Deadline:
     cdef public object _loop
+    cdef public object _time
     cdef public object _callback
     cdef public object _timer
     cdef public double _when

@@ -10,10 +10,11 @@ from math import inf
 
 
 class Deadline:
-    __slots__ = ("_callback", "_loop", "_timer", "_when", "deadline", "kind")
+    __slots__ = ("_callback", "_loop", "_time", "_timer", "_when", "deadline", "kind")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[str], None]) -> None:
         self._loop = loop
+        self._time = loop.time  # bound once: deadlines move on every request
         self._callback = callback
         self._timer: asyncio.TimerHandle | None = None
         self._when = inf
@@ -21,7 +22,7 @@ class Deadline:
         self.kind = ""
 
     def set(self, seconds: float, kind: str, now: float | None = None) -> None:
-        self.deadline = (self._loop.time() if now is None else now) + seconds
+        self.deadline = (self._time() if now is None else now) + seconds
         self.kind = kind
         if self.deadline < self._when:
             if self._timer is not None:
@@ -44,7 +45,7 @@ class Deadline:
         self._when = inf
         if self.deadline == inf:
             return
-        if self._loop.time() >= self.deadline:
+        if self._time() >= self.deadline:
             self.deadline = inf
             self._callback(self.kind)
         else:

@@ -2,7 +2,9 @@
 cimport cython
 
 from lb.proxy.exchange cimport Exchange
-from lb.proxy.headers cimport RequestInfo, add_lines, analyze_response, join_headers
+from lb.proxy.headers cimport (
+    RequestInfo, add_lines, analyze_response, content_length_line, join_headers
+)
 from lb.proxy.outbox cimport Writer
 from lb.proxy.timer cimport Deadline
 

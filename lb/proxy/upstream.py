@@ -21,7 +21,13 @@ import httptools
 
 from ..balancer.backend import Backend
 from . import failures as F
-from .headers import RequestInfo, add_lines, analyze_response, join_headers
+from .headers import (
+    RequestInfo,
+    add_lines,
+    analyze_response,
+    content_length_line,
+    join_headers,
+)
 from .outbox import Outbox, Writer
 from .timer import Deadline
 
@@ -227,7 +233,8 @@ class UpstreamConnection(Writer):
         if info.chunked:
             parts.append(b"transfer-encoding: chunked\r\n\r\n")
         elif info.content_length is not None:
-            parts += (b"content-length: ", b"%d" % info.content_length, b"\r\n\r\n")
+            parts.append(content_length_line(info.content_length))
+            parts.append(b"\r\n")
         else:
             parts.append(b"\r\n")
         self.write(b"".join(parts))

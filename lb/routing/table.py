@@ -8,25 +8,24 @@ without; then file order. Lookup cost stays flat with route count: the host is o
 dict probed once per distinct prefix length.
 """
 
-from dataclasses import dataclass
-
 from ..config import model
 from ..config.errors import Problem
 from ..config.schema import marks
 from .route import Headers, Route, compile_route
 
 
-@dataclass(eq=False)
 class PrefixGroup:
     """Consecutive plain prefix routes: same outcome as testing them in order, in O(lengths)."""
 
-    by_prefix: dict[str, Route]
-    lengths: tuple[int, ...]  # distinct prefix lengths, longest first
+    __slots__ = ("by_prefix", "lengths")
+
+    def __init__(self, by_prefix: dict[str, Route], lengths: tuple[int, ...]) -> None:
+        self.by_prefix = by_prefix
+        self.lengths = lengths  # distinct prefix lengths, longest first
 
     def find(self, path: str) -> Route | None:
-        get = self.by_prefix.get
         for n in self.lengths:
-            r = get(path[:n])
+            r = self.by_prefix.get(path[:n])
             if r is not None:
                 return r
         return None
@@ -40,7 +39,7 @@ def _fold(routes: list[Route]) -> tuple[Step, ...]:
     run: list[Route] = []
 
     def flush() -> None:
-        if len(run) >= 4:
+        if run:  # even one: a dict probe beats a call to Route.matches
             by: dict[str, Route] = {}
             for r in run:
                 by.setdefault(r.path_value if r.path_kind else "", r)
@@ -65,6 +64,8 @@ def _fold(routes: list[Route]) -> tuple[Step, ...]:
 
 
 class RouteTable:
+    __slots__ = ("_any", "_exact", "_wild", "by_name", "routes")
+
     def __init__(self, routes: list[model.Route]) -> None:
         compiled = sorted(
             (compile_route(r, i) for i, r in enumerate(routes)), key=lambda r: r.order
@@ -114,10 +115,13 @@ class RouteTable:
     def lookup(
         self, host: str, method: bytes, path: str, query: str, headers: Headers
     ) -> Route | None:
-        steps = self._exact.get(host) or self.steps_for(host)
+        steps = self._exact.get(host)
+        if steps is None:
+            steps = self.steps_for(host)
         for step in steps:
             if type(step) is PrefixGroup:
-                r = step.find(path)
+                group = step
+                r = group.find(path)
                 if r is not None:
                     return r
             elif step.matches(method, path, query, headers):
