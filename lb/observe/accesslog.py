@@ -43,6 +43,7 @@ from typing import IO, TYPE_CHECKING, Any
 from prometheus_client.core import CounterMetricFamily
 
 if TYPE_CHECKING:
+    from ..hooks import ExchangeView
     from ..proxy.tcp.proxy import TcpConnection
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,7 @@ class AccessLog:
         return [self.sinks.pop(p) for p in list(self.sinks) if p not in used]
 
     # -- the request path --------------------------------------------------------------------------
-    def record(self, ex: Any, ok: bool) -> None:
+    def record(self, ex: ExchangeView, ok: bool) -> None:
         client = ex.client
         entry = self.by_listener.get(client.listener.name)
         if entry is None:
@@ -298,7 +299,7 @@ class AccessLog:
             ex.method.decode("latin-1"),
             info.host.decode("latin-1") if info.host is not None else None,
             ex.path,
-            "HTTP/1.0" if ex.http10 else "HTTP/1.1",
+            getattr(client, "protocol", None) or ("HTTP/1.0" if ex.http10 else "HTTP/1.1"),
             ex.status,
             ex.resp_bytes,
             round((now - ex.t0) * 1000, 3),

@@ -10,7 +10,10 @@ milliseconds, which would leave sub-millisecond requests with no duration at all
 
 from bisect import bisect_left
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..hooks import ExchangeView
 
 # Request durations at an ingress: sub-millisecond for lb's own answers and cached backends,
 # up to the 30 s default response-head timeout and a little beyond for streamed bodies.
@@ -145,7 +148,7 @@ class Recorder:
         self.services: dict[str, ServiceStats] = {}
         self.refused: dict[tuple[str, int], int] = {}
 
-    def record(self, ex: Any, ok: bool) -> None:
+    def record(self, ex: "ExchangeView", ok: bool) -> None:
         now = monotonic()
         route = ex.route
         if route is None:
