@@ -28,6 +28,14 @@ def cmd_version(_: argparse.Namespace) -> int:
     from .compiled import implementation
 
     print(f"data path: {implementation()}")
+    from .proxy.http2 import available
+
+    if available():
+        from . import _h2
+
+        print(f"HTTP/2: available (libnghttp2 {_h2.NGHTTP2_VERSION})")
+    else:
+        print("HTTP/2: unavailable (lb._h2 not built: libnghttp2-dev missing)")
     return 0
 
 

@@ -67,7 +67,9 @@ async def prepare_listeners(
                 plan.bound.add(cfg.bind)
             plan.acceptors[cfg.bind] = acceptor
             try:
-                plan.tls[cfg.name] = TlsSwitch(cfg.tls) if cfg.tls is not None else None
+                plan.tls[cfg.name] = (
+                    TlsSwitch(cfg.tls, cfg.protocols) if cfg.tls is not None else None
+                )
             except OSError as exc:  # ssl.SSLError included
                 raise ValueError(f"listener {cfg.name}: TLS: {exc}") from exc
             log = cfg.access_log

@@ -62,6 +62,8 @@ class ListenerRuntime:
         self.scheme = "https" if cfg.tls else "http"
         self.proto_header = (b"x-forwarded-proto", self.scheme.encode())
         self.default_host = f"{cfg.bind[0]}:{cfg.bind[1]}".encode()
+        self.http1 = "http1" in cfg.protocols
+        self.h2 = "h2" in cfg.protocols  # then a ProtocolChooser takes each connection first
         # A plain listener that only sends clients to HTTPS answers every request with 308.
         self.forced_route: Route | None = None
         if cfg.redirect_to_https is not None:
@@ -75,7 +77,13 @@ class ListenerRuntime:
         self.loop.create_task(self._start(sock, self.tls.root if self.tls is not None else None))
 
     async def _start(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
-        conn = ClientConnection(self)
+        conn: Any
+        if self.h2:
+            from .proxy.http2.choose import ProtocolChooser
+
+            conn = ProtocolChooser(self)
+        else:
+            conn = ClientConnection(self)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await self.loop.connect_accepted_socket(lambda: conn, sock, ssl=tls)

@@ -157,6 +157,9 @@ class Listener:
     tls_passthrough: bool = False  # tcp: choose by the SNI of the ClientHello, TLS untouched
     sni_routes: dict[str, str] = field(default_factory=dict)  # host or "*.domain" -> service
     default_service: str | None = None  # passthrough: no SNI, or none matching; else closed
+    # mode: http: what clients may speak. h2: HTTP/2 by ALPN over TLS, by prior knowledge
+    # (the client preface) on a plain listener.
+    protocols: list[Literal["http1", "h2"]] = field(default_factory=lambda: ["http1"])
 
     def check(self, report: Report) -> None:
         from ..observe.accesslog import FIELDS, TCP_FIELDS
@@ -182,6 +185,7 @@ class Listener:
             "redirect_to_https": self.redirect_to_https is not None,
             "limits": "limits" in marks(self),
             "rate_limit": self.rate_limit is not None,
+            "protocols": "protocols" in marks(self),
         }
         for name, given in http_only.items():
             if given:
@@ -223,6 +227,13 @@ class Listener:
                 report(name, f"{name} applies to mode: tcp listeners; HTTP goes by routes")
         if "idle" in marks(self.timeouts):
             report("timeouts", "timeouts.idle applies to mode: tcp listeners")
+        if not self.protocols:
+            report("protocols", "at least one protocol is needed: http1, h2")
+        elif "h2" in self.protocols:
+            from ..proxy.http2 import available
+
+            if not available():
+                report("protocols", "HTTP/2 unavailable: lb._h2 not built (libnghttp2-dev missing)")
         if self.proxy_protocol:
             report("proxy_protocol", "proxy_protocol is supported on mode: tcp listeners only")
 

@@ -318,11 +318,10 @@ class Exchange:
             self.client.pause_reading(PAUSE_BUFFER)
 
     def _keep_for_replay(self, chunk: bytes) -> None:
-        if self.body_bytes > REPLAY_LIMIT:
-            self.replayable = False
-            self.body_buf = []
-        else:
+        if self.body_bytes <= REPLAY_LIMIT:
             self.body_buf.append(chunk)
+        else:
+            self.replayable, self.body_buf = False, []
 
     def request_complete(self, trailers: list[tuple[bytes, bytes]]) -> None:
         self.req_done = True
@@ -388,6 +387,9 @@ class Exchange:
         svc = self.service
         assert svc is not None
         self.upstream = None
+        if self._paused_upstream:  # pooled while paused, its next response would never be read
+            self._paused_upstream = False
+            conn.resume_reading()
         if self.req_done:
             conn.release(svc.max_idle)
         else:

@@ -1,15 +1,24 @@
-"""TLS for listeners: certificates picked by SNI, minimum version, ALPN http/1.1."""
+"""TLS for listeners: certificates picked by SNI, minimum version, ALPN (h2, http/1.1)."""
 
 import ssl
 
 from ..config import model
 
+_HTTP1 = ("http/1.1",)
 
-def _context(cert: model.Certificate, min_version: str) -> ssl.SSLContext:
+
+def alpn_for(protocols: list[str]) -> list[str]:
+    """The ALPN ids a listener offers, h2 first when it speaks HTTP/2."""
+    return (["h2"] if "h2" in protocols else []) + (["http/1.1"] if "http1" in protocols else [])
+
+
+def _context(
+    cert: model.Certificate, min_version: str, alpn: tuple[str, ...] = _HTTP1
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert.cert, cert.key)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))  # every context: the one SNI picks answers ALPN
     return ctx
 
 
@@ -27,12 +36,16 @@ def _names(cert_path: str) -> list[str]:
 class SniContexts:
     """The first certificate is the default; the others are chosen by the client's SNI."""
 
-    def __init__(self, tls: model.ListenerTls) -> None:
-        self.default = _context(tls.certificates[0], tls.min_version)
+    def __init__(self, tls: model.ListenerTls, alpn: tuple[str, ...] = _HTTP1) -> None:
+        self.default = _context(tls.certificates[0], tls.min_version, alpn)
         self.exact: dict[str, ssl.SSLContext] = {}
         self.wild: dict[str, ssl.SSLContext] = {}
         for cert in tls.certificates:
-            ctx = self.default if cert is tls.certificates[0] else _context(cert, tls.min_version)
+            ctx = (
+                self.default
+                if cert is tls.certificates[0]
+                else _context(cert, tls.min_version, alpn)
+            )
             for name in _names(cert.cert):
                 if name.startswith("*."):
                     self.wild.setdefault(name[1:], ctx)
@@ -45,9 +58,10 @@ class TlsSwitch:
     certificate the client's SNI names. A reload builds a new switch (lb/listeners.py), and
     handshakes already under way finish on the old one."""
 
-    def __init__(self, tls: model.ListenerTls) -> None:
-        self.current = SniContexts(tls)
-        self.root = _context(tls.certificates[0], tls.min_version)
+    def __init__(self, tls: model.ListenerTls, protocols: list[str] | None = None) -> None:
+        alpn = tuple(alpn_for(protocols)) if protocols else _HTTP1
+        self.current = SniContexts(tls, alpn)
+        self.root = _context(tls.certificates[0], tls.min_version, alpn)
         self.root.sni_callback = self._pick
 
     def _pick(self, sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
