@@ -1,9 +1,8 @@
 # Augmenting declarations for exchange.py: compiled, Exchange is an extension type.
 cimport cython
 
-from lb.proxy.side cimport Downstream
+from lb.proxy.side cimport Downstream, Upstream
 from lb.proxy.headers cimport RequestInfo, ResponseInfo
-from lb.proxy.upstream cimport UpstreamConnection
 
 
 @cython.final
@@ -23,7 +22,7 @@ cdef class Exchange:
     cdef public double t_upstream
     cdef public object service
     cdef public object backend
-    cdef public UpstreamConnection upstream
+    cdef public Upstream upstream
     cdef public object upstream_name
     cdef public list body_buf
     cdef public Py_ssize_t body_bytes
@@ -52,20 +51,20 @@ cdef class Exchange:
     @cython.locals(info=RequestInfo)
     cpdef dispatch(self)
     @cython.locals(info=RequestInfo, headers=list, forwarded=list)
-    cpdef _send(self, UpstreamConnection conn)
-    cpdef _await_response_head(self, UpstreamConnection conn)
+    cpdef _send(self, Upstream conn)
+    cpdef _await_response_head(self, Upstream conn)
     cpdef request_body(self, bytes chunk)
     cpdef request_complete(self, trailers)
     cpdef response_interim(self, long status, list headers)
     @cython.locals(fwd=list)
-    cpdef response_head(self, UpstreamConnection conn, long status, ResponseInfo info)
+    cpdef response_head(self, Upstream conn, long status, ResponseInfo info)
     cpdef response_body(self, bytes chunk)
     cpdef response_end(self, trailers)
     cpdef double idle_timeout(self) except? -1.0
-    cpdef response_finished(self, UpstreamConnection conn)
+    cpdef response_finished(self, Upstream conn)
     cpdef reply(self, long status, object body=*, object headers=*, object content_type=*)
     cpdef reply_error(self, long status, object headers=*)
-    cpdef connected(self, UpstreamConnection conn, b)
+    cpdef connected(self, Upstream conn, b)
     cpdef _drop_upstream(self)
     cpdef _give_back(self, b)
     cpdef _finish(self, bint ok)

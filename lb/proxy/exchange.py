@@ -26,8 +26,7 @@ from .headers import RequestInfo, ResponseInfo
 
 if TYPE_CHECKING:
     from ..hooks import Gate
-    from .side import Downstream
-    from .upstream import UpstreamConnection
+    from .side import Downstream, Upstream
 
 HEAD, ADMITTED, CONNECTING, SENT, STREAMING, TUNNEL, DONE = range(7)
 REPLAY_LIMIT = 64 * 1024  # request bytes kept for a retry; beyond this, no retry
@@ -102,7 +101,7 @@ class Exchange:
         self.t_upstream = 0.0
         self.service: Service | None = None
         self.backend: Backend | None = None
-        self.upstream: UpstreamConnection | None = None
+        self.upstream: Upstream | None = None
         self.upstream_name = ""
         self.body_buf: list[bytes] = []
         self.body_bytes = 0
@@ -225,14 +224,14 @@ class Exchange:
         except Exception:
             self._internal_error()
 
-    def connected(self, conn: UpstreamConnection, b: Backend) -> None:
+    def connected(self, conn: Upstream, b: Backend) -> None:
         """A connection opened for this exchange's attempt on `b`."""
         if self.phase == DONE or self.backend is not b:
             conn.release(self.service.max_idle)  # the client left meanwhile
             return
         self._send(conn)
 
-    def _send(self, conn: UpstreamConnection) -> None:
+    def _send(self, conn: Upstream) -> None:
         """The request to a connection: its head as routing rewrote it, the headers lb adds,
         and whatever of the body is here already (all of it again for a retry)."""
         self.phase = SENT
@@ -280,7 +279,7 @@ class Exchange:
             conn.write(self.early)
         client.resume_reading(PAUSE_BUFFER)
 
-    def _await_response_head(self, conn: UpstreamConnection) -> None:
+    def _await_response_head(self, conn: Upstream) -> None:
         route = self.route
         timeout = (
             route.response_head_timeout
@@ -345,7 +344,7 @@ class Exchange:
     def response_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.client.send_interim(self, status, headers)
 
-    def response_head(self, conn: UpstreamConnection, status: int, info: ResponseInfo) -> None:
+    def response_head(self, conn: Upstream, status: int, info: ResponseInfo) -> None:
         route = self.route
         if (
             status >= 500
@@ -382,7 +381,7 @@ class Exchange:
             return float(route.idle_timeout)
         return svc.idle_timeout if svc is not None else 60.0
 
-    def response_finished(self, conn: UpstreamConnection) -> None:
+    def response_finished(self, conn: Upstream) -> None:
         """The whole response is handed to the client: settle both connections."""
         svc = self.service
         assert svc is not None
@@ -398,7 +397,7 @@ class Exchange:
         self.client.exchange_done(self, not self.req_done)
 
     # -- tunnel ---------------------------------------------------------------------------------
-    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+    def upstream_upgraded(self, conn: Upstream, rest: bytes) -> None:
         if self.phase != TUNNEL:
             conn.abort()
             return
@@ -408,7 +407,7 @@ class Exchange:
         self.client.start_tunnel(self, conn, rest)
 
     # -- failures -------------------------------------------------------------------------------
-    def upstream_lost(self, conn: UpstreamConnection) -> None:
+    def upstream_lost(self, conn: Upstream) -> None:
         if self.phase == DONE:
             return
         if self.response_started:
@@ -419,7 +418,7 @@ class Exchange:
             return
         self.attempt_failed(F.RESET_BEFORE_HEAD)
 
-    def upstream_failed(self, conn: UpstreamConnection) -> None:
+    def upstream_failed(self, conn: Upstream) -> None:
         """The backend broke HTTP (garbage, bad framing)."""
         if not self.response_started:
             self.attempt_failed(F.PROTOCOL)
@@ -429,7 +428,7 @@ class Exchange:
         self._finish(False)
         self.client.abort()
 
-    def upstream_timeout(self, conn: UpstreamConnection, kind: str) -> None:
+    def upstream_timeout(self, conn: Upstream, kind: str) -> None:
         self._drop_upstream()
         if not self.response_started:
             # No response head in time, or the backend stopped taking the request body.

@@ -5,21 +5,18 @@ from lb.proxy.exchange cimport Exchange
 from lb.proxy.headers cimport (
     RequestInfo, add_lines, analyze_response, content_length_line, join_headers
 )
-from lb.proxy.outbox cimport Writer
+from lb.proxy.side cimport Upstream
 from lb.proxy.timer cimport Deadline
 
 
 @cython.final
-cdef class UpstreamConnection(Writer):
+cdef class UpstreamConnection(Upstream):
     cdef public object backend
     cdef public object loop
     cdef public double idle_timeout
     cdef public object parser
     cdef public object exchange  # an Exchange, or a Tunnel once upgraded
-    cdef public bint closed
-    cdef public bint reused
     cdef public bint head_only
-    cdef public bint saw_bytes
     cdef public bint raw
     cdef public bint dirty
     cdef public bint chunked_request
@@ -29,7 +26,6 @@ cdef class UpstreamConnection(Writer):
     cdef public bint keep_alive
     cdef public bint done
     cdef public list _headers
-    cdef public Deadline deadline
 
     @cython.locals(ex=Exchange)
     cpdef data_received(self, data)
@@ -40,18 +36,6 @@ cdef class UpstreamConnection(Writer):
     cpdef on_body(self, body)
     @cython.locals(ex=Exchange, headers=list)
     cpdef on_message_complete(self)
-    @cython.locals(parts=list)
-    cpdef send_request(
-        self, exchange, bytes method, bytes target, list headers, RequestInfo info,
-        bytes authority, list forwarded, bint upgrade
-    )
-    cpdef send_body(self, bytes chunk)
-    cpdef send_end(self, trailers)
-    cpdef pause_reading(self)
-    cpdef resume_reading(self)
-    cpdef release(self, Py_ssize_t max_idle)
-    cpdef close(self)
-    cpdef abort(self)
 
 
 cpdef UpstreamConnection take_idle(backend)

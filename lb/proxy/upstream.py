@@ -28,7 +28,8 @@ from .headers import (
     content_length_line,
     join_headers,
 )
-from .outbox import Outbox, Writer
+from .outbox import Outbox
+from .side import Upstream
 from .timer import Deadline
 
 _NO_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
@@ -37,13 +38,11 @@ if TYPE_CHECKING:
     from .exchange import Exchange
 
 
-class UpstreamConnection(Writer):
+class UpstreamConnection(Upstream):
     __slots__ = (
         "_headers",
         "backend",
         "chunked_request",
-        "closed",
-        "deadline",
         "dirty",
         "done",
         "exchange",
@@ -54,8 +53,6 @@ class UpstreamConnection(Writer):
         "loop",
         "parser",
         "raw",
-        "reused",
-        "saw_bytes",
         "started",
         "until_eof",
     )
@@ -67,16 +64,13 @@ class UpstreamConnection(Writer):
         outbox: Outbox,
         idle_timeout: float,
     ) -> None:
-        Writer.__init__(self, outbox)
+        Upstream.__init__(self, outbox, Deadline(loop, self._on_timeout))
         self.backend = backend
         self.loop = loop
         self.idle_timeout = idle_timeout
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Any = None
-        self.closed = False
-        self.reused = False
         self.head_only = False  # the request was HEAD: the response has no body whatever it says
-        self.saw_bytes = False
         self.raw = False  # tunnelling: bytes go straight to the client
         self.dirty = False  # the backend broke framing: close instead of pooling
         self.chunked_request = False  # the request body goes out in chunks
@@ -86,7 +80,6 @@ class UpstreamConnection(Writer):
         self.keep_alive = True  # the response let the connection be reused
         self.done = False  # the response is complete
         self._headers: list[tuple[bytes, bytes]] = []
-        self.deadline = Deadline(loop, self._on_timeout)
 
     # -- transport events -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -208,7 +201,7 @@ class UpstreamConnection(Writer):
     # -- the request, from the exchange ---------------------------------------------------------
     def send_request(
         self,
-        exchange: Any,
+        exchange: "Exchange",
         method: bytes,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
@@ -217,7 +210,6 @@ class UpstreamConnection(Writer):
         forwarded: list[tuple[bytes, bytes]],
         upgrade: bool,
     ) -> None:
-        """The request head: `headers` as routing left them, then the ones lb adds."""
         self.exchange = exchange
         self.head_only = method == b"HEAD"
         self.saw_bytes = False
