@@ -52,7 +52,8 @@ demo: build
 	$(BIN)/python -m lb.demo configs/demo.yaml
 
 bench: build
-	$(BIN)/python bench/run.py --with-multicore --memory
+	$(BIN)/python bench/run.py --with-multicore --memory --h2
+	$(BIN)/python bench/tcp_bench.py
 	$(BIN)/python bench/picker_bench.py
 	$(BIN)/python bench/routing_bench.py
 

@@ -1246,6 +1246,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--memory", action="store_true", help="RSS of lb with idle connections")
     parser.add_argument("--memory-connections", type=int, default=10_000)
+    parser.add_argument("--h2", action="store_true", help="HTTP/2: h2load through each proxy")
+    parser.add_argument("--h2-requests", type=int, default=100_000, help="requests per h2 run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     parser.add_argument(
         "--lb-cmd",
@@ -1342,6 +1344,10 @@ def main(argv: list[str] | None = None) -> int:
             result["scaling"] = scaling_phase(bench, cpus)
         if args.memory:
             result["memory"] = memory_phase(bench, cpus)
+        if args.h2 and args.rounds > 0:
+            from h2_phase import h2_phase
+
+            result["h2"] = h2_phase(sys.modules[__name__], bench, cpus)
     except RuntimeError as exc:  # the backends did not come up: nothing can be measured
         print(f"bench: {exc}", file=sys.stderr)
         return 1
