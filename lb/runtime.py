@@ -130,7 +130,7 @@ class Runtime:
         # Declared outside the config (Consul tags); the config wins a service name.
         self.dynamic_routes: list[model.Route] = []
         self.dynamic_services: dict[str, model.Service] = {}
-        self._tls: dict[str, ssl.SSLContext | None] = {}
+        self._tls: dict[tuple[str, bool], ssl.SSLContext | None] = {}
         self.apply(loaded)
 
     # -- config ---------------------------------------------------------------------------------
@@ -147,7 +147,8 @@ class Runtime:
                 svc.configure(scfg)
             if scfg.discovery == "static":
                 svc.update(static_specs(scfg))
-            self._tls.pop(name, None)
+            self._tls.pop((name, False), None)
+            self._tls.pop((name, True), None)
         for name in list(self.services):
             if name not in wanted:
                 # Routes no longer reach it; drain what is in flight, then forget it.
@@ -181,9 +182,15 @@ class Runtime:
                 self.services.pop(name).update([])
         self._swap(table)
 
-    def upstream_tls(self, svc: Service) -> ssl.SSLContext | None:
-        if svc.name in self._tls:
-            return self._tls[svc.name]
+    def upstream_tls(self, svc: Service, h2: bool | None = None) -> ssl.SSLContext | None:
+        """The TLS context toward a service's backends; ALPN h2 for the HTTP/2 data path
+        (`h2` True), http/1.1 otherwise. None (health checks): h2 only for gRPC checks."""
+        if h2 is None:
+            hc = svc.config.health_check
+            h2 = hc is not None and hc.type == "grpc"
+        key = (svc.name, h2)
+        if key in self._tls:
+            return self._tls[key]
         tls = svc.config.tls
         ctx: ssl.SSLContext | None = None
         if tls is not None:
@@ -191,8 +198,8 @@ class Runtime:
             if not tls.verify:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
-            ctx.set_alpn_protocols(["http/1.1"])
-        self._tls[svc.name] = ctx
+            ctx.set_alpn_protocols(["h2"] if h2 else ["http/1.1"])
+        self._tls[key] = ctx
         return ctx
 
     # -- outcomes -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A backend: where it is, its idle connection pool, and the inputs that decide its state."""
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..traffic.breaker import OPEN
 
@@ -25,6 +25,7 @@ class Backend:
         "drained",
         "ejected_until",
         "failures",
+        "h2",
         "host",
         "idle",
         "name",
@@ -49,6 +50,7 @@ class Backend:
         self.slot = slot
         self.idle: list[UpstreamConnection] = []  # pooled keep-alive connections, newest last
         self.open_conns = 0
+        self.h2: Any = None  # the HTTP/2 connection pool (lb.proxy.http2.upstream.H2Pool)
         self.drained = False  # operator drain (admin API)
         self.removed = False  # gone from config/discovery; kept until in-flight reaches 0
         self.check_ok = True
@@ -88,3 +90,7 @@ class Backend:
         idle, self.idle = self.idle, []
         for conn in idle:
             conn.close()
+        if self.h2 is not None:
+            for h2conn in list(self.h2.conns):
+                if not h2conn.streams:
+                    h2conn.close()

@@ -44,6 +44,7 @@ class Service:
         self.head_timeout = float(config.timeouts.response_head)
         self.idle_timeout = float(config.timeouts.idle)
         self.max_idle = config.pool.max_idle
+        self.h2 = config.protocol == "h2"  # HTTP/2 to the backends (lb/proxy/http2/upstream.py)
 
     # -- membership -----------------------------------------------------------------------------
     def update(self, specs: Iterable[tuple[str, int, int]]) -> None:

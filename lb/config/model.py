@@ -344,7 +344,9 @@ class UpstreamTls:
 
 @dataclass
 class HealthCheck:
-    type: Literal["http", "tcp"] = "http"  # tcp: passes when a connection opens in time
+    # tcp: passes when a connection opens in time; grpc: grpc.health.v1.Health/Check over
+    # HTTP/2 (the service named by grpc_service, "" for the server), passes on SERVING
+    type: Literal["http", "tcp", "grpc"] = "http"
     path: str = "/healthz"
     expected_statuses: list[Status] = field(default_factory=lambda: list(range(200, 400)))
     interval: Duration = 2.0
@@ -353,17 +355,22 @@ class HealthCheck:
     fall: Positive = 3
     jitter: Annotated[float, Check(lambda v: 0 <= v < 1, "a fraction from 0 to 1")] = 0.1
     host: str | None = None
+    grpc_service: str | None = None
 
     def check(self, report: Report) -> None:
+        if self.grpc_service is not None and self.type != "grpc":
+            report("grpc_service", "grpc_service applies to type: grpc health checks")
         if not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
             report("path", f'a path starting with "/", without spaces, found "{self.path}"')
         for name in ("interval", "timeout"):
             if getattr(self, name) <= 0:
                 report(name, "expected a positive duration")
-        if self.type == "tcp":
-            for name in ("path", "expected_statuses", "host"):
+        if self.type != "http":
+            for name in ("path", "expected_statuses"):
                 if name in marks(self):
                     report(name, f"{name} applies to type: http health checks")
+        if self.type == "tcp" and "host" in marks(self):
+            report("host", "host applies to type: http and grpc health checks")
 
 
 @dataclass
@@ -422,8 +429,19 @@ class Service:
     # Sent to each backend connection of a tcp listener before the client's bytes (HAProxy's
     # send-proxy / send-proxy-v2): the backend learns the client's address.
     proxy_protocol: Literal["v1", "v2"] | None = None
+    # How lb speaks to the backends of an HTTP listener's routes: HTTP/1.1 (a keep-alive pool)
+    # or HTTP/2 (h2c by prior knowledge, or ALPN h2 with tls; streams multiplexed on a pool).
+    protocol: Literal["http1", "h2"] = "http1"
 
     def check(self, report: Report) -> None:
+        if self.protocol == "h2":
+            from ..proxy.http2 import available
+
+            if not available():
+                report("protocol", "HTTP/2 unavailable: lb._h2 not built (libnghttp2-dev missing)")
+        hc = self.health_check
+        if hc is not None and hc.type == "grpc" and self.protocol != "h2":
+            report("health_check", "type: grpc health checks need protocol: h2")
         if self.discovery == "consul" and self.consul is None:
             report("consul", "discovery: consul needs consul: {service: NAME}")
         if self.discovery == "static" and self.consul is not None:

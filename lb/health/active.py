@@ -5,7 +5,9 @@ given), sends one `GET` with `Connection: close` and reads only the status line:
 needs nothing more, and not reading the body keeps a probe cheap whatever the endpoint
 returns. Connect, send and read together are bounded by `timeout`. A TCP probe (`type: tcp`,
 for the services of tcp listeners, HAProxy's plain `check`) passes when a connection opens
-within `timeout`, and closes it at once.
+within `timeout`, and closes it at once. A gRPC probe (`type: grpc`, for `protocol: h2`
+services) calls grpc.health.v1.Health/Check over HTTP/2 on a fresh connection (lb._h2) for
+`grpc_service` ("" asks about the server as a whole) and passes on SERVING.
 
 State: a backend goes down after `fall` consecutive failed probes and comes back after `rise`
 consecutive passes (Traefik marks a server down on one failed probe, which flaps). A new
@@ -46,6 +48,7 @@ class HealthCheckSettings:
     fall: int = 3
     jitter: float = 0.1  # fraction of interval
     host: str | None = None  # Host header and TLS server name; default: the backend address
+    grpc_service: str = ""  # type grpc: the service asked about ("" for the whole server)
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
@@ -56,8 +59,8 @@ class HealthCheckSettings:
             raise ValueError("rise and fall must be at least 1")
         if not 0 <= self.jitter < 1:
             raise ValueError("jitter must be within [0, 1)")
-        if self.type not in ("http", "tcp"):
-            raise ValueError(f"health check type must be http or tcp: {self.type!r}")
+        if self.type not in ("http", "tcp", "grpc"):
+            raise ValueError(f"health check type must be http, tcp or grpc: {self.type!r}")
         if self.host is not None and any(c in self.host for c in " \r\n"):
             raise ValueError(f"invalid health check host: {self.host!r}")
         if not isinstance(self.expected, range | frozenset):
@@ -118,6 +121,7 @@ class ActiveChecker:
         address = f"[{self.host}]" if ":" in self.host else self.host
         host_header = settings.host or f"{address}:{self.port}"
         self._server_name = _server_name(settings.host, self.host)
+        self._authority = host_header.encode("ascii", "replace")
         self._request = (
             f"GET {settings.path} HTTP/1.1\r\n"
             f"Host: {host_header}\r\n"
@@ -165,6 +169,14 @@ class ActiveChecker:
                 if tcp:
                     _, writer = await asyncio.open_connection(self.host, self.port)
                     return True, "connected"
+                if self.settings.type == "grpc":
+                    reader, writer = await asyncio.open_connection(
+                        self.host,
+                        self.port,
+                        ssl=self.tls_context,
+                        server_hostname=self._server_name if self.tls_context else None,
+                    )
+                    return await self._grpc_check(reader, writer)
                 reader, writer = await asyncio.open_connection(
                     self.host,
                     self.port,
@@ -185,6 +197,10 @@ class ActiveChecker:
             return False, exc.strerror or str(exc) or type(exc).__name__
         except ValueError:  # a first line longer than the stream limit
             return False, "bad status line"
+        except Exception as exc:  # lb._h2.H2Error: the backend broke HTTP/2
+            if type(exc).__name__ != "H2Error":
+                raise
+            return False, f"http/2 error: {exc}"
         finally:
             if writer is not None:
                 writer.close()
@@ -194,6 +210,46 @@ class ActiveChecker:
         if status is None:
             return False, "bad status line"
         return status in self.settings.expected, f"status {status}"
+
+    async def _grpc_check(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[bool, str]:
+        from lb import _h2
+
+        call = _GrpcCall()
+        session = _h2.Session(call, server=False)
+        call.session = session
+        service = self.settings.grpc_service.encode()
+        msg = b"\x0a" + _varint(len(service)) + service if service else b""
+        sid = session.submit_request(
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"https" if self.tls_context else b"http"),
+                (b":authority", self._authority),
+                (b":path", b"/grpc.health.v1.Health/Check"),
+                (b"content-type", b"application/grpc"),
+                (b"te", b"trailers"),
+                (b"user-agent", b"lb-health-check"),
+            ]
+        )
+        session.send_data(sid, b"\x00" + len(msg).to_bytes(4, "big") + msg, True)
+        writer.write(session.output())
+        while not call.done:
+            data = await reader.read(65536)
+            if not data:
+                return False, "connection closed"
+            session.receive(data)
+            out = session.output()
+            if out:
+                writer.write(out)
+        if call.grpc_status is None:
+            return False, f"status {call.status}, no grpc-status"
+        if call.grpc_status != b"0":
+            return False, f"grpc-status {call.grpc_status.decode('latin-1')}"
+        status = _serving_status(bytes(call.body))
+        if status == 1:
+            return True, "SERVING"
+        return False, _SERVING.get(status, f"serving status {status}")
 
     def observe(self, ok: bool, detail: str) -> None:
         """Feed one probe result to the rise/fall counters; notify on a transition."""
@@ -218,3 +274,85 @@ class ActiveChecker:
         except Exception:
             # The owner's bug must not stop the checks of this backend.
             log.exception("health check on_change callback failed for %s:%s", self.host, self.port)
+
+
+_SERVING = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _serving_status(body: bytes) -> int | None:
+    """HealthCheckResponse.status (field 1, a varint) from one length-prefixed message."""
+    if len(body) < 5 or body[0] != 0:
+        return None
+    msg = body[5 : 5 + int.from_bytes(body[1:5], "big")]
+    if not msg:
+        return 0  # every field at its default: UNKNOWN
+    i = 0
+    while i < len(msg):
+        tag = msg[i]
+        i += 1
+        value = shift = 0
+        while i < len(msg):
+            b = msg[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        if tag == 0x08:
+            return value
+        if tag & 7 != 0:
+            return None  # only varint fields are expected here
+    return 0
+
+
+class _GrpcCall:
+    """The delegate of a gRPC health probe's Session: one stream's response."""
+
+    def __init__(self) -> None:
+        self.session = None
+        self.status = 0
+        self.grpc_status: bytes | None = None
+        self.body = bytearray()
+        self.done = False
+
+    def _fields(self, headers: list[tuple[bytes, bytes]]) -> None:
+        for name, value in headers:
+            if name == b":status":
+                self.status = int(value)
+            elif name == b"grpc-status":
+                self.grpc_status = value
+
+    def on_headers(self, sid: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        self._fields(headers)
+
+    def on_trailers(self, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._fields(headers)
+
+    def on_data(self, sid: int, data: bytes) -> None:
+        if len(self.body) < 65536:
+            self.body += data
+        self.session.consume(sid, len(data))
+
+    def on_end_stream(self, sid: int) -> None:
+        self.done = True
+
+    def on_stream_close(self, sid: int, code: int) -> None:
+        self.done = True
+
+    def on_goaway(self, code: int, last: int) -> None:
+        pass
+
+    def on_drained(self, sid: int) -> None:
+        pass

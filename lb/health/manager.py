@@ -27,6 +27,7 @@ def settings_from(cfg: model.HealthCheck) -> HealthCheckSettings:
         fall=cfg.fall,
         jitter=cfg.jitter,
         host=cfg.host,
+        grpc_service=cfg.grpc_service or "",
     )
 
 

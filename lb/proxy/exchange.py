@@ -212,6 +212,9 @@ class Exchange:
             info.expect_continue = False
             if not self.req_done and not self.body_bytes:
                 self.client.send_interim(self, 100, [])
+        if self.service.h2:
+            _h2_dispatch(self, b)
+            return
         conn = _upstream.take_idle(b)
         if conn is not None:
             self._send(conn)
@@ -465,6 +468,11 @@ class Exchange:
             # going back to it would fail again.
             self.dispatch()
             return
+        if failure is F.REFUSED_STREAM and can_replay and self.redispatches < F.REDISPATCH_REFUSED:
+            # The backend did not process it (HTTP/2): elsewhere, whatever the method.
+            self.redispatches += 1
+            self.dispatch()
+            return
         if b is not None:
             self.client.listener.runtime.record_failure(svc, b, failure)
         retry = self.route.retry if self.route is not None else None
@@ -596,3 +604,10 @@ class Exchange:
             self.route.retry.release(self.retry_slots)
         for observer in self.client.listener.runtime.observers:
             observer.record(self, ok)
+
+
+def _h2_dispatch(ex: Exchange, b: Backend) -> None:
+    """An HTTP/2 service's attempt: a stream on a pooled connection (lb/proxy/http2)."""
+    from .http2 import upstream as h2_upstream
+
+    h2_upstream.dispatch(ex, b)

@@ -57,6 +57,12 @@ RESET_AFTER_HEAD = Failure("reset-after-head", 0, "", _5XX, False)
 BAD_STATUS = Failure("status", 0, STATUS, _5XX, False)  # a 5xx, retried or not
 CLIENT_GONE = Failure("client-gone", 0, "", frozenset(), False)
 NO_DESCRIPTORS = Failure("no-descriptors", 503, "", frozenset(), False)  # lb's own shortage
+# An HTTP/2 stream the backend did not process (RST_STREAM REFUSED_STREAM, above a GOAWAY's
+# last stream id, or no stream could be opened): moved to another connection or backend
+# whatever the method, REDISPATCH_REFUSED times without a retry policy and without using up
+# an attempt; no verdict on the backend.
+REFUSED_STREAM = Failure("refused-stream", 503, CONNECT, frozenset(), True)
+REDISPATCH_REFUSED = 3
 
 ALL = (
     CONNECT_FAILURE,
@@ -69,6 +75,7 @@ ALL = (
     BAD_STATUS,
     CLIENT_GONE,
     NO_DESCRIPTORS,
+    REFUSED_STREAM,
 )
 
 

@@ -11,6 +11,7 @@ from . import responses
 UNKNOWN = 2
 _CODES = {
     503: 14,  # UNAVAILABLE
+    502: 14,  # UNAVAILABLE (no connection, or the backend broke the call)
     429: 8,  # RESOURCE_EXHAUSTED
     413: 8,  # RESOURCE_EXHAUSTED
     504: 4,  # DEADLINE_EXCEEDED

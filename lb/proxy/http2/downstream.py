@@ -58,6 +58,8 @@ class H2Stream(Downstream):
         "ex",
         "expected",
         "grpc",
+        "grpc_status",
+        "head",
         "held",
         "paused",
         "received",
@@ -80,6 +82,8 @@ class H2Stream(Downstream):
         self.client_paused = False
         self.req_ended = False
         self.grpc = False
+        self.grpc_status: str | None = None  # as sent to the client (the access log's)
+        self.head: tuple[int, list[tuple[bytes, bytes]]] | None = None  # held for the end
         self.trailers: list[tuple[bytes, bytes]] = []
 
     # -- the response, from the exchange --------------------------------------------------------
@@ -91,11 +95,21 @@ class H2Stream(Downstream):
         self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], length: int
     ) -> None:
         fields = _response_headers(headers)
-        if length >= 0:
+        if length == 0:
+            # No body: the head waits for the end, to go as one HEADERS frame with END_STREAM
+            # (a gRPC trailers-only response must), or before the trailers.
+            if not self.grpc:
+                fields.append((b"content-length", b"0"))
+            self.head = (status, fields)
+            return
+        if length > 0:
             fields.append((b"content-length", str(length).encode()))
         self._submit(status, fields, False)
 
     def send_body(self, chunk: bytes) -> None:
+        if self.head is not None:
+            head, self.head = self.head, None
+            self._submit(head[0], head[1], False)
         try:
             ok = self.conn.session.send_data(self.sid, chunk)
         except H2Error:
@@ -106,6 +120,16 @@ class H2Stream(Downstream):
             self.ex.client_paused()
 
     def send_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        if self.grpc:
+            self._note_status(trailers)
+        if self.head is not None:
+            head, self.head = self.head, None
+            if not trailers:
+                if self.grpc:
+                    self._note_status(head[1])
+                self._submit(head[0], head[1], True)
+                return
+            self._submit(head[0], head[1], False)
         s = self.conn.session
         try:
             if trailers:
@@ -137,6 +161,7 @@ class H2Stream(Downstream):
         """An answer of lb's own, whole; gRPC-shaped for a gRPC request's errors."""
         if self.grpc and status >= 400 and body is None:
             fields = grpc.error_headers(status)
+            self.grpc_status = fields[1][1].decode()
             self._submit(200, fields, True)
             return sum(len(n) + len(v) for n, v in fields)
         if body is None:
@@ -154,6 +179,11 @@ class H2Stream(Downstream):
             except H2Error:
                 return 0
         return len(body)
+
+    def _note_status(self, fields: list[tuple[bytes, bytes]]) -> None:
+        for name, value in fields:
+            if lower_name(name) == b"grpc-status":
+                self.grpc_status = value.decode("latin-1")
 
     def _submit(self, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> bool:
         try:
