@@ -8,6 +8,7 @@ from lb.proxy.headers cimport RequestInfo, ResponseInfo
 @cython.final
 @cython.freelist(64)
 cdef class Exchange:
+    # the request, as the client side delivered it
     cdef public Downstream client
     cdef public bytes method
     cdef public bytes target
@@ -16,35 +17,40 @@ cdef class Exchange:
     cdef public RequestInfo info
     cdef public bint http10
     cdef public bint keep_alive
-    cdef public object route
-    cdef public long phase
-    cdef public double t0
-    cdef public double t_upstream
-    cdef public object service
-    cdef public object backend
-    cdef public Upstream upstream
-    cdef public object upstream_name
+    cdef public bint upgrade
+    cdef public object early
+    cdef public bint req_done
+    cdef public object trailers
+    # its body: buffered for a connection or a retry, and how much of it went out
     cdef public list body_buf
     cdef public Py_ssize_t body_bytes
     cdef public bint body_sent
     cdef public bint replayable
-    cdef public bint req_done
-    cdef public object trailers
-    cdef public bint response_started
-    cdef public bint response_done
-    cdef public bint upgrade
-    cdef public object early
-    cdef public long status
-    cdef public Py_ssize_t resp_bytes
-    cdef public object failure
+    # routing and balancing: where it goes, and what its attempts used up
+    cdef public object route
+    cdef public object service
+    cdef public object gate
+    cdef public object backend
+    cdef public object last_backend
+    cdef public object upstream_name
+    cdef public list tried
     cdef public long attempts
     cdef public long retries
     cdef public long retry_slots
     cdef public long redispatches
-    cdef public list tried
+    # the attempt under way
+    cdef public Upstream upstream
     cdef public bint _paused_upstream
-    cdef public object gate
-    cdef public object last_backend
+    cdef public double t_upstream
+    # the response, as the client side was given it
+    cdef public long status
+    cdef public Py_ssize_t resp_bytes
+    cdef public bint response_started
+    cdef public bint response_done
+    # the phase machine and the outcome
+    cdef public long phase
+    cdef public double t0
+    cdef public object failure
 
     cpdef start(self)
     cpdef forward(self)

@@ -35,45 +35,18 @@ log = logging.getLogger("lb.proxy")
 
 
 class Exchange:
+    # Compiled, the fields come from exchange.pxd, grouped there by owner; this list names the
+    # same set for the pure-Python twin (tests/test_pxd_sync.py keeps the two equal).
+    # fmt: off
     __slots__ = (
-        "_paused_upstream",
-        "attempts",
-        "backend",
-        "body_buf",
-        "body_bytes",
-        "body_sent",
-        "client",
-        "early",
-        "failure",
-        "gate",
-        "http10",
-        "info",
-        "keep_alive",
-        "last_backend",
-        "method",
-        "path",
-        "phase",
-        "query",
-        "redispatches",
-        "replayable",
-        "req_done",
-        "resp_bytes",
-        "response_done",
-        "response_started",
-        "retries",
-        "retry_slots",
-        "route",
-        "service",
-        "status",
-        "t0",
-        "t_upstream",
-        "target",
-        "trailers",
-        "tried",
-        "upgrade",
-        "upstream",
+        "_paused_upstream", "attempts", "backend", "body_buf", "body_bytes", "body_sent", "client",
+        "early", "failure", "gate", "http10", "info", "keep_alive", "last_backend", "method",
+        "path", "phase", "query", "redispatches", "replayable", "req_done", "resp_bytes",
+        "response_done", "response_started", "retries", "retry_slots", "route", "service",
+        "status", "t0", "t_upstream", "target", "trailers", "tried", "upgrade", "upstream",
         "upstream_name",
     )
+    # fmt: on
 
     def __init__(
         self,
@@ -212,8 +185,10 @@ class Exchange:
             info.expect_continue = False
             if not self.req_done and not self.body_bytes:
                 self.client.send_interim(self, 100, [])
-        if self.service.h2:
-            _h2_dispatch(self, b)
+        if self.service.h2:  # a stream on a pooled HTTP/2 connection (lb/proxy/http2)
+            from .http2.upstream import dispatch as h2_dispatch
+
+            h2_dispatch(self, b)
             return
         conn = _upstream.take_idle(b)
         if conn is not None:
@@ -515,8 +490,7 @@ class Exchange:
                 self._internal_error()
 
     def _internal_error(self) -> None:
-        """A bug in lb on a path no protocol callback guards (a task, a timer): say so loudly
-        and answer, rather than leave the client waiting for nothing."""
+        """A bug in lb where no protocol callback guards (a task, a timer): log, answer."""
         log.exception("internal error forwarding a request")
         if self.phase == DONE:
             return
@@ -588,7 +562,7 @@ class Exchange:
         self.client.exchange_done(self, False)  # send_reply decided whether to close
 
     def reply_error(self, status: int, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        self.reply(status, None, headers)
+        self.reply(status, None, headers)  # the canned page for the status
 
     def _finish(self, ok: bool) -> None:
         if self.phase == DONE:
@@ -604,10 +578,3 @@ class Exchange:
             self.route.retry.release(self.retry_slots)
         for observer in self.client.listener.runtime.observers:
             observer.record(self, ok)
-
-
-def _h2_dispatch(ex: Exchange, b: Backend) -> None:
-    """An HTTP/2 service's attempt: a stream on a pooled connection (lb/proxy/http2)."""
-    from .http2 import upstream as h2_upstream
-
-    h2_upstream.dispatch(ex, b)
