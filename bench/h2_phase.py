@@ -131,7 +131,9 @@ def h2load(
         [*cmd, f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=300
     ).stdout
     rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
-    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)  # noqa: E501
+    done = re.search(
+        r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out
+    )
     return {
         "rps": float(rps.group(1)) if rps else None,
         "succeeded": int(done.group(2)) if done else 0,

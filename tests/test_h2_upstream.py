@@ -15,7 +15,7 @@ from h2_server import H2Backend, Reply, echo
 from test_h2_proxy import H2, H2Client
 
 from lb.config import ConfigError, load
-from lb.proxy.http2.upstream import grpc_timeout
+from lb.proxy.http2.backend_stream import grpc_timeout
 
 H2_SERVICE = "    protocol: h2\n"
 

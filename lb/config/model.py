@@ -1,241 +1,37 @@
 """The config schema: one dataclass per YAML mapping. Defaults follow HAProxy/Envoy practice.
 
-Field types drive validation (see schema.py); `check()` holds rules spanning fields.
+Field types drive validation (see schema.py); `check()` holds rules spanning fields. The
+shared field types are in fieldtypes.py; the listener side (`Listener` and what is under it)
+is in listener_model.py, re-exported here so that `model.Listener` is where it always was.
 """
 
-import difflib
-import ipaddress
 import os
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from .schema import Check, OneOrMany, Unit, marks
-from .units import parse_duration, parse_rate, parse_size
-
-Report = Callable[[str, str], None]
-
-Duration = Annotated[float, Unit(parse_duration, numbers_ok=True)]
-Size = Annotated[int, Unit(parse_size)]
-Rate = Annotated[tuple[float, float], Unit(parse_rate)]
-Percent = Annotated[float, Check(lambda v: 0 <= v <= 100, "a percentage from 0 to 100")]
-Positive = Annotated[int, Check(lambda v: v > 0, "a positive integer")]
-NonNegative = Annotated[int, Check(lambda v: v >= 0, "an integer >= 0")]
-Weight = Annotated[int, Check(lambda v: 0 <= v <= 1_000_000, "a weight from 0 to 1000000")]
-Status = Annotated[int, Check(lambda v: 100 <= v <= 599, "an HTTP status from 100 to 599")]
-
-
-def _valid_regex(text: str) -> bool:
-    try:
-        re.compile(text)
-    except re.error:
-        return False
-    return True
-
-
-def split_hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f'an address "host:port", found "{text}"')
-    return host.strip("[]"), int(port)
-
-
-def _valid_cidr(text: str) -> bool:
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return False
-    return True
-
-
-Regex = Annotated[str, Check(_valid_regex, "a valid regular expression")]
-Address = Annotated[tuple[str, int], Unit(split_hostport)]
-Cidr = Annotated[str, Check(_valid_cidr, "a CIDR like 10.0.0.0/8")]
-
-
-# -- listeners ---------------------------------------------------------------------------------
-@dataclass
-class Certificate:
-    cert: str
-    key: str
-
-    def check(self, report: Report) -> None:
-        for name in ("cert", "key"):
-            if not os.path.isfile(getattr(self, name)):
-                report(name, f'file not found: "{getattr(self, name)}"')
-
-
-@dataclass
-class ListenerTls:
-    certificates: list[Certificate]
-    min_version: Literal["1.2", "1.3"] = "1.2"
-
-    def check(self, report: Report) -> None:
-        if not self.certificates:
-            report("certificates", "at least one certificate is needed")
-
-
-@dataclass
-class ListenerTimeouts:
-    client_head: Duration = 10.0  # the whole request head must arrive within this (408 after)
-    keepalive_idle: Duration = 60.0  # idle keep-alive client connections are closed after this
-    client_body_idle: Duration = 60.0  # no body bytes from the client for this long: 408
-    drain: Duration = 30.0  # graceful shutdown: how long in-flight requests may take
-    # mode: tcp only: no bytes either way for this long closes both sides. 5 minutes, the
-    # order of what TCP load balancers use (AWS NLB 350 s; HAProxy users set `timeout
-    # client/server` in minutes for TCP): long enough for a quiet database session.
-    idle: Duration = 300.0
-
-
-@dataclass
-class Limits:
-    max_header_size: Size = 64 * 1024  # request line + headers; 431 beyond
-    max_body_size: Size | None = None  # 413 beyond; none by default, like HAProxy and Envoy
-
-
-@dataclass
-class AccessLog:
-    enabled: bool = True
-    path: str | None = None  # None: stdout
-    fields: list[str] | None = None  # None: all fields
-
-    def check(self, report: Report) -> None:
-        from ..observe.accesslog import FIELDS, TCP_FIELDS
-
-        known = (*FIELDS, *(f for f in TCP_FIELDS if f not in FIELDS))
-        for name in self.fields or ():  # which mode each field belongs to: Listener.check
-            if name not in known:
-                hint = difflib.get_close_matches(name, known, n=1)
-                extra = f' (did you mean "{hint[0]}"?)' if hint else ""
-                report("fields", f'unknown access-log field "{name}"{extra}')
-
-
-@dataclass
-class RateLimit:
-    rate: Rate
-    burst: NonNegative = 0
-    key: Annotated[list[str], OneOrMany] = field(default_factory=lambda: ["client_ip"])
-    dry_run: bool = False
-    backend: Literal["local", "redis"] = "local"
-    on_redis_failure: Literal["local", "allow", "deny"] = "local"
-    max_keys: Positive = 100_000
-
-    def check(self, report: Report) -> None:
-        for k in self.key:
-            if k not in ("client_ip", "route") and not k.startswith("header:"):
-                report("key", f'expected client_ip, route or header:NAME, found "{k}"')
-
-
-_HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
-
-
-def _valid_sni_pattern(pattern: str) -> bool:
-    """A host name, or "*." and a host name (any subdomain of it, at any depth)."""
-    host = pattern[2:] if pattern.startswith("*.") else pattern
-    labels = host.split(".")
-    return 0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
-
-
-@dataclass
-class Listener:
-    name: str
-    bind: Address
-    # http: lb speaks HTTP (routes choose the service); tcp: bytes are forwarded as they are
-    # (HAProxy's `mode tcp`), to `service` or, with tls_passthrough, by the ClientHello's SNI.
-    mode: Literal["http", "tcp"] = "http"
-    tls: ListenerTls | None = None
-    redirect_to_https: int | None = None  # plain listener answering 308 to https on this port
-    timeouts: ListenerTimeouts = field(default_factory=ListenerTimeouts)
-    limits: Limits = field(default_factory=Limits)
-    access_log: AccessLog | None = None
-    rate_limit: RateLimit | None = None
-    trusted_proxies: list[Cidr] = field(default_factory=list)
-    # Accept a PROXY protocol v1/v2 header, from trusted_proxies only (tcp listeners).
-    proxy_protocol: bool = False
-    service: str | None = None  # tcp: where connections go
-    tls_passthrough: bool = False  # tcp: choose by the SNI of the ClientHello, TLS untouched
-    sni_routes: dict[str, str] = field(default_factory=dict)  # host or "*.domain" -> service
-    default_service: str | None = None  # passthrough: no SNI, or none matching; else closed
-    # mode: http: what clients may speak. h2: HTTP/2 by ALPN over TLS, by prior knowledge
-    # (the client preface) on a plain listener.
-    protocols: list[Literal["http1", "h2"]] = field(default_factory=lambda: ["http1"])
-
-    def check(self, report: Report) -> None:
-        from ..observe.accesslog import FIELDS, TCP_FIELDS
-
-        if self.mode == "tcp":
-            self._check_tcp(report)
-        else:
-            self._check_http(report)
-        if self.proxy_protocol and not self.trusted_proxies:
-            report(
-                "proxy_protocol",
-                "proxy_protocol needs trusted_proxies: the addresses allowed to send the header",
-            )
-        fields = self.access_log.fields if self.access_log is not None else None
-        allowed = TCP_FIELDS if self.mode == "tcp" else FIELDS
-        for name in fields or ():
-            if name not in allowed:
-                report("access_log", f'"{name}" is not an access-log field of mode: {self.mode}')
-
-    def _check_tcp(self, report: Report) -> None:
-        http_only = {
-            "tls": self.tls is not None,
-            "redirect_to_https": self.redirect_to_https is not None,
-            "limits": "limits" in marks(self),
-            "rate_limit": self.rate_limit is not None,
-            "protocols": "protocols" in marks(self),
-        }
-        for name, given in http_only.items():
-            if given:
-                report(name, f"{name} applies to mode: http listeners, not to mode: tcp")
-        for name in ("client_body_idle", "keepalive_idle"):
-            if name in marks(self.timeouts):
-                report("timeouts", f"timeouts.{name} applies to mode: http listeners")
-        if not self.tls_passthrough:
-            if self.service is None:
-                report("", "a mode: tcp listener needs service: NAME, or tls_passthrough: true")
-            for name in ("sni_routes", "default_service"):
-                if getattr(self, name):
-                    report(name, f"{name} needs tls_passthrough: true")
-            return
-        if self.service is not None:
-            report("service", "with tls_passthrough, use sni_routes and default_service")
-        if not self.sni_routes and self.default_service is None:
-            report("sni_routes", "tls_passthrough needs sni_routes or a default_service")
-        seen: set[str] = set()
-        for pattern in self.sni_routes:
-            if not _valid_sni_pattern(pattern.lower()):
-                report(
-                    "sni_routes",
-                    f'expected a host name or "*.example.com", found "{pattern}"',
-                )
-            elif pattern.lower() in seen:
-                report("sni_routes", f'"{pattern}" is given twice')
-            seen.add(pattern.lower())
-
-    def _check_http(self, report: Report) -> None:
-        tcp_only = {
-            "service": self.service is not None,
-            "tls_passthrough": self.tls_passthrough,
-            "sni_routes": bool(self.sni_routes),
-            "default_service": self.default_service is not None,
-        }
-        for name, given in tcp_only.items():
-            if given:
-                report(name, f"{name} applies to mode: tcp listeners; HTTP goes by routes")
-        if "idle" in marks(self.timeouts):
-            report("timeouts", "timeouts.idle applies to mode: tcp listeners")
-        if not self.protocols:
-            report("protocols", "at least one protocol is needed: http1, h2")
-        elif "h2" in self.protocols:
-            from ..proxy.http2 import available
-
-            if not available():
-                report("protocols", "HTTP/2 unavailable: lb._h2 not built (libnghttp2-dev missing)")
-        if self.proxy_protocol:
-            report("proxy_protocol", "proxy_protocol is supported on mode: tcp listeners only")
+from .fieldtypes import (
+    Address,
+    Duration,
+    NonNegative,
+    Percent,
+    Positive,
+    Regex,
+    Report,
+    Size,
+    Status,
+    Weight,
+    split_hostport,
+)
+from .listener_model import (  # noqa: F401 (re-exported: model.Certificate and the rest)
+    AccessLog,
+    Certificate,
+    Limits,
+    Listener,
+    ListenerTimeouts,
+    ListenerTls,
+    RateLimit,
+)
+from .schema import Check, OneOrMany, marks
 
 
 # -- control plane -----------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 `H2Connection` owns the transport and the libnghttp2 `Session` (lb._h2); each request stream
 becomes an `H2Stream`, the side its `Exchange` answers through, exactly as it answers an
 HTTP/1.1 connection. Output is the session's: whatever the streams submit is taken from it
-once per loop iteration (the outbox), so the frames of many streams leave in one write.
+once per loop iteration (the outbox), so the frames of many streams leave in one write. A new
+stream's request head is validated and translated by request.py; it is routed here.
 
 Flow control both ways is the binding's: received DATA is acknowledged (`consume`) once the
 exchange has taken it, and not while it asks to pause; sent DATA queues per stream, and above
@@ -18,26 +19,22 @@ from typing import Any
 from lb import _h2
 
 from .. import grpc, responses
-from ..downstream import _normalize, _route_host
+from ..downstream import _route_host
 from ..exchange import Exchange
-from ..headers import BadRequest, analyze_request, lower_name
+from ..headers import BadRequest, lower_name
 from ..outbox import Writer
 from ..side import Downstream
 from ..timer import Deadline
+from .request import Reset, is_grpc_request, request_head, split_target
 
 log = logging.getLogger("lb.proxy")
 H2Error = _h2.H2Error
-_PSEUDO = (b":method", b":scheme", b":authority", b":path")
 # Not forwarded in a response: HTTP/1.1 framing and connection-specific fields (RFC 9113
 # 8.2.2), content-length too (lb adds its own when the length is known).
 _HOP_BY_HOP = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
      b"transfer-encoding", b"upgrade", b"content-length")
 )  # fmt: skip
-
-
-class _Reset(Exception):
-    """A malformed request (RFC 9113 8.1.1): reset the stream with PROTOCOL_ERROR."""
 
 
 def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -429,7 +426,7 @@ class H2Connection(Writer):
             self.deadline.clear()
         try:
             self._start(st, headers, end_stream)
-        except _Reset:
+        except Reset:
             self.reset(sid, _h2.PROTOCOL_ERROR)
         except BadRequest as exc:
             self._refuse(st, exc.status)
@@ -441,66 +438,10 @@ class H2Connection(Writer):
             self._refuse(st, 500)
 
     def _start(self, st: H2Stream, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
-        method = scheme = authority = path = None
-        regular: list[tuple[bytes, bytes]] = []
-        cookies: list[bytes] = []
-        for item in headers:
-            name = item[0]
-            if name[:1] == b":":
-                if regular or cookies or name not in _PSEUDO:
-                    raise _Reset
-                if name == b":method":
-                    if method is not None:
-                        raise _Reset
-                    method = item[1]
-                elif name == b":path":
-                    if path is not None:
-                        raise _Reset
-                    path = item[1]
-                elif name == b":scheme":
-                    if scheme is not None:
-                        raise _Reset
-                    scheme = item[1]
-                else:
-                    if authority is not None:
-                        raise _Reset
-                    authority = item[1]
-            elif name == b"cookie":
-                cookies.append(item[1])
-            elif name != name.lower():
-                raise _Reset
-            else:
-                regular.append(item)
-        if method == b"CONNECT":
-            raise BadRequest(501, "CONNECT is not supported")
-        if method is None or scheme is None or not path:
-            raise _Reset
-        if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
-            raise _Reset
-        if cookies:
-            regular.append((b"cookie", b"; ".join(cookies)))  # RFC 9113 8.2.3
-        try:
-            info = analyze_request(regular)
-        except ValueError:
-            raise _Reset from None  # a content-length that is not a number
-        if authority is not None:
-            if info.host is not None and info.host != authority:
-                raise BadRequest(400, ":authority and Host disagree")
-            info.host = authority
-        elif info.host is None:
-            raise BadRequest(400, "request without :authority or Host")
+        method, path, info, regular = request_head(headers, end_stream)
         st.expected = info.content_length
-        if info.content_length is None and not end_stream:
-            info.chunked = True  # a body of unknown length: chunked toward HTTP/1.1
-        for name, value in regular:
-            if name == b"content-type":
-                st.grpc = grpc.is_grpc(value)
-                break
-        target = path
-        spath, _, query = target.decode("latin-1").partition("?")
-        if "/." in spath or ("%" in spath and "%2e" in spath.lower()):
-            spath = _normalize(spath)
-            target = (spath + ("?" + query if query else "")).encode("latin-1")
+        st.grpc = is_grpc_request(regular)
+        target, spath, query = split_target(path)
         listener = self.listener
         route = listener.forced_route or listener.runtime.table.lookup(
             _route_host(info.host), method, spath, query, regular
