@@ -64,6 +64,13 @@ class ListenerRuntime:
         self.default_host = f"{cfg.bind[0]}:{cfg.bind[1]}".encode()
         self.http1 = "http1" in cfg.protocols
         self.h2 = "h2" in cfg.protocols  # then a ProtocolChooser takes each connection first
+        # HTTP/2 clients' limits (read as each connection opens): the Session's settings, and
+        # the connection timers of http2/downstream.py.
+        h2 = cfg.http2 if cfg.http2 is not None else model.Http2Settings()
+        self.http2 = h2
+        self.h2_settings = h2.session_settings(cfg.limits.max_header_size)
+        idle = h2.idle_timeout
+        self.h2_idle = cfg.timeouts.keepalive_idle if idle is None else idle
         # A plain listener that only sends clients to HTTPS answers every request with 308.
         self.forced_route: Route | None = None
         if cfg.redirect_to_https is not None:

@@ -1,6 +1,6 @@
 """The field types the config dataclasses share: units (durations, sizes, rates), checked
-scalars (percentages, weights, statuses, regexes, CIDRs), addresses, and `Report`, the callback
-a dataclass's `check()` reports its cross-field problems through.
+scalars (percentages, weights, statuses, HTTP/2 sizes, regexes, CIDRs), addresses, and
+`Report`, the callback a dataclass's `check()` reports its cross-field problems through.
 
 An `Annotated` type's metadata is what schema.py converts and checks a YAML scalar by.
 """
@@ -23,6 +23,15 @@ Positive = Annotated[int, Check(lambda v: v > 0, "a positive integer")]
 NonNegative = Annotated[int, Check(lambda v: v >= 0, "an integer >= 0")]
 Weight = Annotated[int, Check(lambda v: 0 <= v <= 1_000_000, "a weight from 0 to 1000000")]
 Status = Annotated[int, Check(lambda v: 100 <= v <= 599, "an HTTP status from 100 to 599")]
+# HTTP/2 SETTINGS values (RFC 9113 6.5.2), sizes with units
+FrameSize = Annotated[
+    Size, Check(lambda v: 16384 <= v <= 16777215, "a size from 16384 to 16777215")
+]
+WindowSize = Annotated[Size, Check(lambda v: 0 <= v < 1 << 31, "a size from 0 to 2147483647")]
+ConnectionWindow = Annotated[
+    Size, Check(lambda v: 65535 <= v < 1 << 31, "a size from 65535 to 2147483647")
+]
+Size32 = Annotated[Size, Check(lambda v: 0 <= v < 1 << 32, "a size from 0 to 4294967295")]
 
 
 def _valid_regex(text: str) -> bool:

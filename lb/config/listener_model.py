@@ -1,6 +1,6 @@
 """The listener side of the config schema: `Listener` and the mappings under it (TLS and its
-certificates, timeouts, limits, the access log, a rate limit), with the rules that tell an
-HTTP listener's fields from a TCP listener's (`mode`).
+certificates, timeouts, limits, HTTP/2 settings, the access log, a rate limit), with the rules
+that tell an HTTP listener's fields from a TCP listener's (`mode`).
 
 `RateLimit` lives here because a listener has one; a route's (`model.Route`) is the same block.
 Every class is re-exported by model.py, where the rest of the schema is.
@@ -12,7 +12,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from .fieldtypes import Address, Cidr, Duration, NonNegative, Positive, Rate, Report, Size
+from .fieldtypes import (
+    Address,
+    Cidr,
+    ConnectionWindow,
+    Duration,
+    FrameSize,
+    NonNegative,
+    Positive,
+    Rate,
+    Report,
+    Size,
+    Size32,
+    WindowSize,
+)
 from .schema import OneOrMany, marks
 
 
@@ -53,6 +66,58 @@ class ListenerTimeouts:
 class Limits:
     max_header_size: Size = 64 * 1024  # request line + headers; 431 beyond
     max_body_size: Size | None = None  # 413 beyond; none by default, like HAProxy and Envoy
+
+
+@dataclass
+class Http2Settings:
+    """What lb lets an HTTP/2 client do (`listeners[].http2`); the first six are the SETTINGS
+    lb sends. Defaults: HAProxy's tune.h2.* and RFC 9113's initial values."""
+
+    max_concurrent_streams: Positive = 100  # streams open at once; more: REFUSED_STREAM
+    initial_window_size: WindowSize = 65535  # per stream: body bytes in flight before an ACK
+    connection_window_size: ConnectionWindow = 1 << 20  # all streams together (1 MiB)
+    header_table_size: Size32 = 4096  # the HPACK dynamic table
+    max_header_list_size: Size32 | None = None  # None: limits.max_header_size
+    max_frame_size: FrameSize = 16384
+    # No open stream for this long: GOAWAY NO_ERROR and close; None: timeouts.keepalive_idle,
+    # 0: never (Envoy's idle_timeout).
+    idle_timeout: Duration | None = None
+    # A connection that sent nothing for ping_interval gets a PING; nothing back within
+    # ping_timeout (the ACK or any other frame): GOAWAY and closed. None or 0: no PINGs.
+    ping_interval: Duration | None = None
+    ping_timeout: Duration = 20.0
+    # Streams a connection may open, then the two-phase GOAWAY and in-flight streams finish;
+    # 0: unlimited (HAProxy's max-reqs-per-conn, Envoy's max_requests_per_connection).
+    max_requests_per_connection: NonNegative = 0
+    # Rapid reset (CVE-2023-44487): stream resets the client causes, a token bucket; past
+    # it, GOAWAY ENHANCE_YOUR_CALM.
+    max_resets_per_second: Positive = 200
+    reset_burst: Positive = 1000
+
+    def check(self, report: Report) -> None:
+        if self.idle_timeout is not None and self.idle_timeout < 0:
+            report("idle_timeout", "expected a duration >= 0")
+        if self.ping_interval is not None and self.ping_interval < 0:
+            report("ping_interval", "expected a duration >= 0")
+        if self.ping_timeout <= 0:
+            report("ping_timeout", "expected a positive duration")
+        elif "ping_timeout" in marks(self) and "ping_interval" not in marks(self):
+            # (an explicit ping_interval: 0 is PINGs off on purpose, the timeout kept for later)
+            report("ping_timeout", "ping_timeout needs ping_interval: PINGs are off without it")
+
+    def session_settings(self, max_header_size: int) -> dict[str, int]:
+        """The lb._h2 Session settings; max_header_size is the listener's limits'."""
+        header_list = self.max_header_list_size
+        return {
+            "max_concurrent_streams": self.max_concurrent_streams,
+            "initial_window_size": self.initial_window_size,
+            "connection_window_size": self.connection_window_size,
+            "header_table_size": self.header_table_size,
+            "max_header_list_size": max_header_size if header_list is None else header_list,
+            "max_frame_size": self.max_frame_size,
+            "max_resets_per_second": self.max_resets_per_second,
+            "reset_burst": self.reset_burst,
+        }
 
 
 @dataclass
@@ -121,6 +186,7 @@ class Listener:
     # mode: http: what clients may speak. h2: HTTP/2 by ALPN over TLS, by prior knowledge
     # (the client preface) on a plain listener.
     protocols: list[Literal["http1", "h2"]] = field(default_factory=lambda: ["http1"])
+    http2: Http2Settings | None = None  # with h2 in protocols: limits on HTTP/2 clients
 
     def check(self, report: Report) -> None:
         from ..observe.accesslog import FIELDS, TCP_FIELDS
@@ -147,6 +213,7 @@ class Listener:
             "limits": "limits" in marks(self),
             "rate_limit": self.rate_limit is not None,
             "protocols": "protocols" in marks(self),
+            "http2": self.http2 is not None,
         }
         for name, given in http_only.items():
             if given:
@@ -195,5 +262,7 @@ class Listener:
 
             if not available():
                 report("protocols", "HTTP/2 unavailable: lb._h2 not built (libnghttp2-dev missing)")
+        if self.http2 is not None and "h2" not in self.protocols:
+            report("http2", "http2 settings need h2 in protocols: no client speaks HTTP/2 here")
         if self.proxy_protocol:
             report("proxy_protocol", "proxy_protocol is supported on mode: tcp listeners only")

@@ -25,6 +25,7 @@ from .fieldtypes import (
 from .listener_model import (  # noqa: F401 (re-exported: model.Certificate and the rest)
     AccessLog,
     Certificate,
+    Http2Settings,
     Limits,
     Listener,
     ListenerTimeouts,

@@ -1,4 +1,4 @@
-"""The client side over HTTP/2: one connection Protocol, one Downstream per stream.
+"""The client side over HTTP/2: the connection Protocol (its streams: stream.py).
 
 `H2Connection` owns the transport and the libnghttp2 `Session` (lb._h2); each request stream
 becomes an `H2Stream`, the side its `Exchange` answers through, exactly as it answers an
@@ -9,6 +9,15 @@ stream's request head is validated and translated by request.py; it is routed he
 Flow control both ways is the binding's: received DATA is acknowledged (`consume`) once the
 exchange has taken it, and not while it asks to pause; sent DATA queues per stream, and above
 the binding's high water the exchange pauses its backend until `on_drained`.
+
+The client's limits are the listener's `http2:` (config/listener_model.py `Http2Settings`):
+the SETTINGS and flood guards go to the Session; the timers are here. `deadline` is the
+connection's one timer for the preface (`client_head`), for idleness (`idle_timeout`: no open
+stream) and for the final GOAWAY of a drain that `max_requests_per_connection` started;
+`pinger` (only with `ping_interval`) sends a PING once the client sent nothing for that long.
+The binding does not report PING ACKs, so any bytes from the client after the PING count as
+its answer (the ACK is such bytes; anything else proves it alive as well); none within
+`ping_timeout`: GOAWAY and closed.
 """
 
 import asyncio
@@ -18,253 +27,20 @@ from typing import Any
 
 from lb import _h2
 
-from .. import grpc, responses
 from ..downstream import _route_host
 from ..exchange import Exchange
-from ..headers import BadRequest, lower_name
+from ..headers import BadRequest
 from ..outbox import Writer
-from ..side import Downstream
 from ..timer import Deadline
 from .request import Reset, is_grpc_request, request_head, split_target
+from .stream import H2Stream
 
 log = logging.getLogger("lb.proxy")
 H2Error = _h2.H2Error
-# Not forwarded in a response: HTTP/1.1 framing and connection-specific fields (RFC 9113
-# 8.2.2), content-length too (lb adds its own when the length is known).
-_HOP_BY_HOP = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-     b"transfer-encoding", b"upgrade", b"content-length")
-)  # fmt: skip
-
-
-def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    out = []
-    for name, value in headers:
-        low = lower_name(name)
-        if low not in _HOP_BY_HOP:
-            out.append((low, value))
-    return out
-
-
-class H2Stream(Downstream):
-    """One request stream, the `client` of its exchange."""
-
-    __slots__ = (
-        "client_paused",
-        "conn",
-        "ex",
-        "expected",
-        "grpc",
-        "grpc_status",
-        "head",
-        "held",
-        "paused",
-        "received",
-        "req_ended",
-        "sid",
-        "trailers",
-    )
-    protocol = "HTTP/2.0"
-
-    def __init__(self, conn: "H2Connection", sid: int) -> None:
-        Downstream.__init__(self, conn.listener, conn.outbox)
-        self.peer_ip = conn.peer_ip
-        self.conn = conn
-        self.sid = sid
-        self.ex: Exchange | None = None
-        self.expected: int | None = None  # content-length, when given
-        self.received = 0
-        self.held = 0  # body bytes passed on but not acknowledged: reading is paused
-        self.paused = 0
-        self.client_paused = False
-        self.req_ended = False
-        self.grpc = False
-        self.grpc_status: str | None = None  # as sent to the client (the access log's)
-        self.head: tuple[int, list[tuple[bytes, bytes]]] | None = None  # held for the end
-        self.trailers: list[tuple[bytes, bytes]] = []
-
-    # -- the response, from the exchange --------------------------------------------------------
-    def send_interim(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        if status != 101:
-            self._submit(status, _response_headers(headers), False)
-
-    def send_head(
-        self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]], length: int
-    ) -> None:
-        fields = _response_headers(headers)
-        if length == 0:
-            # No body: the head waits for the end, to go as one HEADERS frame with END_STREAM
-            # (a gRPC trailers-only response must), or before the trailers.
-            if not self.grpc:
-                fields.append((b"content-length", b"0"))
-            self.head = (status, fields)
-            return
-        if length > 0:
-            fields.append((b"content-length", str(length).encode()))
-        self._submit(status, fields, False)
-
-    def send_body(self, chunk: bytes) -> None:
-        if self.head is not None:
-            head, self.head = self.head, None
-            self._submit(head[0], head[1], False)
-        try:
-            ok = self.conn.session.send_data(self.sid, chunk)
-        except H2Error:
-            return  # the stream is gone; its close tells the exchange
-        self.conn.kick()
-        if not ok and not self.client_paused and self.ex is not None:
-            self.client_paused = True
-            self.ex.client_paused()
-
-    def send_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
-        if self.grpc:
-            self._note_status(trailers)
-        if self.head is not None:
-            head, self.head = self.head, None
-            if not trailers:
-                if self.grpc:
-                    self._note_status(head[1])
-                self._submit(head[0], head[1], True)
-                return
-            self._submit(head[0], head[1], False)
-        s = self.conn.session
-        try:
-            if trailers:
-                s.send_trailers(self.sid, _response_headers(trailers))
-            else:
-                s.send_data(self.sid, b"", True)
-        except H2Error:
-            return
-        self.conn.kick()
-
-    def send_reply(
-        self,
-        ex: Exchange,
-        status: int,
-        body: bytes | None,
-        headers: list[tuple[bytes, bytes]] | None,
-        content_type: bytes | None,
-    ) -> int:
-        return self.answer(status, body, headers, content_type, ex.method == b"HEAD")
-
-    def answer(
-        self,
-        status: int,
-        body: bytes | None,
-        headers: list[tuple[bytes, bytes]] | None,
-        content_type: bytes | None = responses.TEXT,
-        head: bool = False,
-    ) -> int:
-        """An answer of lb's own, whole; gRPC-shaped for a gRPC request's errors."""
-        if self.grpc and status >= 400 and body is None:
-            fields = grpc.error_headers(status)
-            self.grpc_status = fields[1][1].decode()
-            self._submit(200, fields, True)
-            return sum(len(n) + len(v) for n, v in fields)
-        if body is None:
-            body = responses.error_body(status)
-        fields = _response_headers(headers) if headers else []
-        if content_type is not None:
-            fields.append((b"content-type", content_type))
-        fields.append((b"content-length", str(len(body)).encode()))
-        if head or not body:
-            self._submit(status, fields, True)
-            return 0
-        if self._submit(status, fields, False):
-            try:
-                self.conn.session.send_data(self.sid, body, True)
-            except H2Error:
-                return 0
-        return len(body)
-
-    def _note_status(self, fields: list[tuple[bytes, bytes]]) -> None:
-        for name, value in fields:
-            if lower_name(name) == b"grpc-status":
-                self.grpc_status = value.decode("latin-1")
-
-    def _submit(self, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> bool:
-        try:
-            self.conn.session.submit_response(self.sid, status, fields, end)
-        except H2Error:
-            return False
-        self.conn.kick()
-        return True
-
-    # -- the exchange's requests ----------------------------------------------------------------
-    def body_limit(self, ex: Exchange) -> int | None:
-        route = ex.route
-        if route is not None and route.max_body_size is not None:
-            return route.max_body_size
-        return self.listener.max_body_size
-
-    def pause_reading(self, reason: int) -> None:
-        self.paused |= reason
-
-    def resume_reading(self, reason: int) -> None:
-        if self.paused & reason:
-            self.paused &= ~reason
-            if not self.paused and self.held:
-                held, self.held = self.held, 0
-                self.conn.consume(self.sid, held)
-
-    def exchange_done(self, ex: Exchange, close: bool) -> None:
-        if self.ex is not ex:
-            return
-        self.ex = None
-        if not self.req_ended:
-            # The answer came before the whole request: once the answer is out, tell the
-            # client to stop sending (RFC 9113 8.1), rather than read what nobody wants.
-            self.conn.reset_after_output(self.sid)
-        self.conn.stream_done()
-
-    def start_tunnel(self, ex: Exchange, conn: Any, rest: bytes) -> None:
-        conn.abort()  # an HTTP/2 request never asks for an upgrade
-        self.abort()
-
-    def abort(self) -> None:
-        ex, self.ex = self.ex, None
-        self.conn.reset(self.sid, _h2.INTERNAL_ERROR)
-        if ex is not None:
-            ex.client_lost()
-        self.conn.stream_done()
-
-    # -- from the connection --------------------------------------------------------------------
-    def body(self, data: bytes) -> None:
-        ex = self.ex
-        n = len(data)
-        if ex is None:
-            self.conn.consume(self.sid, n)  # answered already: drop it, keep the window open
-            return
-        self.received += n
-        if self.expected is not None and self.received > self.expected:
-            self._malformed()
-            return
-        ex.request_body(data)
-        if self.paused:
-            self.held += n
-        else:
-            self.conn.consume(self.sid, n)
-
-    def end(self) -> None:
-        self.req_ended = True
-        ex = self.ex
-        if ex is None:
-            return
-        if self.expected is not None and self.received != self.expected:
-            self._malformed()
-            return
-        ex.request_complete(self.trailers)
-
-    def closed(self, code: int) -> None:
-        ex, self.ex = self.ex, None
-        if ex is not None:
-            ex.client_lost()
-
-    def _malformed(self) -> None:
-        ex, self.ex = self.ex, None
-        self.conn.reset(self.sid, _h2.PROTOCOL_ERROR)
-        if ex is not None:
-            ex.client_lost()
+# Between the shutdown notice and the final GOAWAY when max_requests_per_connection is reached
+# and streams are still open: a round trip, generously (RFC 9113 6.8); the final one goes at
+# once when the last stream ends first.
+_NOTICE_RTT = 1.0
 
 
 class H2Connection(Writer):
@@ -280,7 +56,12 @@ class H2Connection(Writer):
         "goaway_sent",
         "listener",
         "loop",
+        "max_requests",
         "peer_ip",
+        "ping_interval",
+        "ping_timeout",
+        "pinger",
+        "requests",
         "session",
         "streams",
         "write_paused",
@@ -292,9 +73,13 @@ class H2Connection(Writer):
         self.loop = listener.loop
         self.peer_ip = b"unknown"
         self.streams: dict[int, H2Stream] = {}
-        self.session = _h2.Session(
-            self, server=True, settings={"max_header_list_size": listener.max_header_size}
-        )
+        self.session = _h2.Session(self, server=True, settings=listener.h2_settings)
+        h2 = listener.http2
+        self.max_requests = h2.max_requests_per_connection  # 0: unlimited
+        self.requests = 0  # streams the client opened
+        self.ping_interval = h2.ping_interval or 0.0
+        self.ping_timeout = h2.ping_timeout
+        self.pinger = Deadline(self.loop, self._on_ping) if self.ping_interval else None
         self._queued = False
         self._resets: list[int] = []
         self._got = 0  # bytes received while waiting for the preface; -1 after it
@@ -317,6 +102,8 @@ class H2Connection(Writer):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.deadline.cancel()
+        if self.pinger is not None:
+            self.pinger.cancel()
         self.listener.closed(self)
         self.discard_output()
         try:
@@ -342,6 +129,8 @@ class H2Connection(Writer):
                 self._got = -1
                 self.deadline.clear()
                 self.stream_done()
+        if self.pinger is not None and self._got < 0 and not self.closing:
+            self.pinger.set(self.ping_interval, "ping")  # alive: the next PING moves later
         self.kick()
 
     def eof_received(self) -> bool | None:
@@ -424,6 +213,9 @@ class H2Connection(Writer):
         self.streams[sid] = st
         if self.deadline.kind == "idle":
             self.deadline.clear()
+        self.requests += 1
+        if self.requests == self.max_requests:
+            self._last_request()
         try:
             self._start(st, headers, end_stream)
         except Reset:
@@ -509,7 +301,23 @@ class H2Connection(Writer):
             self.closing = True
             self.kick()
         else:
-            self.deadline.set(self.listener.timeouts.keepalive_idle, "idle")
+            idle = self.listener.h2_idle  # idle_timeout, by default timeouts.keepalive_idle
+            if idle > 0:
+                self.deadline.set(idle, "idle")
+
+    def _last_request(self) -> None:
+        """max_requests_per_connection reached, with this stream: the shutdown notice now, the
+        final GOAWAY (this stream's id, or higher for streams already on their way) once the
+        streams are done or a round trip later; the streams it admits finish."""
+        if self.draining or self.closing:
+            return
+        self.draining = True
+        try:
+            self.session.shutdown_notice()
+        except H2Error:
+            self.closing = True
+        self.deadline.set(_NOTICE_RTT, "goaway")
+        self.kick()
 
     def close_idle(self) -> bool:
         """Graceful shutdown (called repeatedly while draining): a shutdown notice first, the
@@ -546,5 +354,28 @@ class H2Connection(Writer):
 
     def _on_timeout(self, kind: str) -> None:
         self._goaway()
+        if kind == "goaway" and self.streams:
+            self.kick()  # the final GOAWAY; the streams it admitted finish first
+            return
         self.closing = True
+        self.kick()
+
+    def _on_ping(self, kind: str) -> None:
+        pinger = self.pinger
+        if self.closing or pinger is None:
+            if kind == "kill" and self.transport is not None:
+                self.abort()  # the GOAWAY could not even be written
+            return
+        if kind == "ping":
+            try:
+                self.session.ping()
+            except H2Error:
+                return
+            pinger.set(self.ping_timeout, "ack")
+            self.kick()
+            return
+        log.debug("HTTP/2 client %s did not answer a PING: closed", self.peer_ip)
+        self._goaway()
+        self.closing = True
+        pinger.set(self.ping_timeout, "kill")
         self.kick()
