@@ -21,7 +21,11 @@ MODULES = (
     "lb.proxy.downstream",
     "lb.observe.recorder",
     "lb.routing.table",
+    # HTTP/2 toward clients: importable only where lb._h2 is built (the rest never needs it)
+    "lb.proxy.http2.stream",
+    "lb.proxy.http2.downstream",
 )
+NEEDS_H2 = frozenset(("lb.proxy.http2.stream", "lb.proxy.http2.downstream"))
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -49,5 +53,8 @@ def implementation() -> str:
     """'cython' when every compiled module runs compiled, 'python' otherwise."""
     from importlib import import_module
 
-    files = [import_module(m).__file__ or "" for m in MODULES]
+    from .proxy.http2 import available
+
+    wanted = MODULES if available() else tuple(m for m in MODULES if m not in NEEDS_H2)
+    files = [import_module(m).__file__ or "" for m in wanted]
     return "cython" if all(f.endswith(tuple(EXTENSION_SUFFIXES)) for f in files) else "python"
