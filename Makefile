@@ -36,7 +36,9 @@ system-deps:
 TWIN_TESTS := tests/test_build.py tests/test_exchange_harness.py tests/test_proxy_basics.py \
 	tests/test_proxy_bodies.py tests/test_proxy_errors.py tests/test_proxy_timers.py tests/test_proxy_websocket.py \
 	tests/test_routing.py tests/test_traffic_retry.py tests/test_reload_atomic.py tests/test_fuzz.py \
-	tests/test_http_version.py tests/test_h2_proxy.py tests/test_h2_upstream.py tests/test_tcp_proxy.py
+	tests/test_http_version.py tests/test_h2_proxy.py tests/test_h2_upstream.py tests/test_tcp_proxy.py \
+	tests/test_breaker.py tests/test_ratelimit.py tests/test_outlier.py tests/test_traffic_breaker.py \
+	tests/test_traffic_ratelimit.py tests/test_traffic_outlier.py
 
 # system-deps before build: lb._h2 is only built where libnghttp2-dev is installed.
 test: system-deps build

@@ -21,6 +21,13 @@ MODULES = (
     "lb.proxy.downstream",
     "lb.observe.recorder",
     "lb.routing.table",
+    "lb.traffic.breaker",
+    "lb.traffic.ratelimit",
+    "lb.traffic.outlier",
+    "lb.traffic.passive",
+    "lb.traffic.gates",
+    "lb.traffic.admission",
+    "lb.traffic.control",
     # HTTP/2 toward clients: importable only where lb._h2 is built (the rest never needs it)
     "lb.proxy.http2.stream",
     "lb.proxy.http2.downstream",

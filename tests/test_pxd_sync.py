@@ -28,7 +28,7 @@ def pxd_fields(path: Path) -> dict[str, set[str]]:
             current = None
             continue
         m = _FIELD.match(line)
-        if m and "(" not in line:
+        if m and "(" not in line.split("#", 1)[0]:  # a method declaration, not a field
             current.add(m.group(1))
     return classes
 

@@ -11,6 +11,10 @@ was written by the client and could be forged); `header:NAME` is the first value
 header, empty when absent (such requests share one bucket); `route` is the route's name, so a
 listener-level limit keyed by it gives each route its own bucket. Several parts combine into
 one key.
+
+Built with Cython (setup.py), `TrustedProxies`, the key parts (`Key` and its kinds), `Limit`
+and `Admission` are extension types typed by admission.pxd: `admit` runs once per
+rate-limited request, and calls the key and the limiter in C.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any
 
 from ..config import model
@@ -35,12 +39,14 @@ _SEPARATOR = b"\x1f"  # joins key parts; cannot occur in an address or a header 
 # up, but those are written by clients: the cache is emptied rather than grown when full.
 _TRUST_CACHE_MAX = 4096
 
-Key = Callable[[Any], Hashable]
 Counts = dict[tuple[str, ...], int]
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class TrustedProxies:
     """One listener's `trusted_proxies`: who the client is behind them."""
+
+    __slots__ = ("_cache", "networks")
 
     def __init__(self, cidrs: list[str]) -> None:
         self.networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
@@ -49,12 +55,7 @@ class TrustedProxies:
     def trusted(self, ip: bytes) -> bool:
         hit = self._cache.get(ip)
         if hit is None:
-            try:
-                addr = ipaddress.ip_address(ip.decode("latin-1"))
-            except ValueError:
-                hit = False
-            else:
-                hit = any(addr in net for net in self.networks)
+            hit = _within(ip, self.networks)
             if len(self._cache) >= _TRUST_CACHE_MAX:
                 self._cache.clear()
             self._cache[ip] = hit
@@ -71,46 +72,107 @@ class TrustedProxies:
         return hop  # every hop is trusted: the left-most is the best there is
 
 
-def key_function(parts: list[str], trusted: dict[str, TrustedProxies]) -> Key:
-    """Compile a `key` spec. `trusted` (listener name -> proxies) is read per request, so the
+def _within(ip: bytes, networks: tuple[IpNetwork, ...]) -> bool:
+    # A function of its own: compiled, `trusted` is a cpdef method, which holds no generator.
+    try:
+        addr = ipaddress.ip_address(ip.decode("latin-1"))
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
+
+
+class Key:
+    """A compiled `key` spec: `of(ex)` is the key an exchange is counted under. Small classes
+    rather than closures: compiled, a limit calls `of` in C, and `of` reads the exchange's
+    fields directly. Calling a key is calling `of`."""
+
+    __slots__ = ()
+
+    def __call__(self, ex: Any) -> Hashable:
+        return self.of(ex)
+
+    def of(self, ex: Any) -> Hashable:
+        raise NotImplementedError
+
+
+class ClientIp(Key):
+    """`client_ip`. `trusted` (listener name -> proxies) is read per request, so the
     controller can refresh it in place on reload and limits kept across reloads follow."""
 
-    def client_ip(ex: Any) -> bytes:
+    __slots__ = ("trusted",)
+
+    def __init__(self, trusted: dict[str, TrustedProxies]) -> None:
+        self.trusted = trusted
+
+    def of(self, ex: Any) -> bytes:
         client = ex.client
+        trusted = self.trusted
         if not trusted:
             return client.peer_ip  # type: ignore[no-any-return]
         proxies = trusted.get(client.listener.name)
         if proxies is None:
             return client.peer_ip  # type: ignore[no-any-return]
-        return proxies.client_ip(client.peer_ip, ex.info.xff)
+        return proxies.client_ip(client.peer_ip, ex.info.xff)  # type: ignore[no-any-return]
 
-    def header(name: bytes) -> Key:
-        if name == b"host":
-            return lambda ex: ex.info.host or b""
 
-        def value(ex: Any) -> bytes:
-            for n, v in ex.info.forward:
-                if n.lower() == name:
-                    return v  # type: ignore[no-any-return]
-            return b""
+class Host(Key):
+    """`header:host`: the request's host, which the head analysis has already found."""
 
-        return value
+    __slots__ = ()
 
-    def route(ex: Any) -> bytes:
+    def of(self, ex: Any) -> bytes:
+        return ex.info.host or b""  # type: ignore[no-any-return]
+
+
+class Header(Key):
+    """`header:NAME`: the first value of that header, empty when absent."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name  # lower case
+
+    def of(self, ex: Any) -> bytes:
+        name = self.name
+        for n, v in ex.info.forward:
+            if n.lower() == name:
+                return v  # type: ignore[no-any-return]
+        return b""
+
+
+class RouteName(Key):
+    """`route`: the route's name, so a listener-level limit gives each route its own bucket."""
+
+    __slots__ = ()
+
+    def of(self, ex: Any) -> bytes:
         return ex.route.name.encode()  # type: ignore[no-any-return]
 
-    fns: list[Key] = []
+
+class Joined(Key):
+    """Several parts, joined into one key."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: tuple[Key, ...]) -> None:
+        self.parts = parts
+
+    def of(self, ex: Any) -> bytes:
+        return _SEPARATOR.join([part.of(ex) for part in self.parts])
+
+
+def key_function(parts: list[str], trusted: dict[str, TrustedProxies]) -> Key:
+    """Compile a `key` spec; `trusted` is read per request (see ClientIp)."""
+    keys: list[Key] = []
     for part in parts:
         if part == "client_ip":
-            fns.append(client_ip)
+            keys.append(ClientIp(trusted))
         elif part == "route":
-            fns.append(route)
+            keys.append(RouteName())
         else:
-            fns.append(header(part.partition(":")[2].strip().lower().encode("latin-1")))
-    if len(fns) == 1:
-        return fns[0]
-    funcs = tuple(fns)
-    return lambda ex: _SEPARATOR.join([f(ex) for f in funcs])
+            name = part.partition(":")[2].strip().lower().encode("latin-1")
+            keys.append(Host() if name == b"host" else Header(name))
+    return keys[0] if len(keys) == 1 else Joined(tuple(keys))
 
 
 class Limit:
@@ -123,6 +185,25 @@ class Limit:
     A route whose only limit is its own, kept in process, holds the Limit itself as
     `route.limiter` (`admit`); any other combination goes through an `Admission`.
     """
+
+    __slots__ = (
+        "_allowed",
+        "_counts",
+        "_dry_run",
+        "_limited",
+        "_redis_errors",
+        "allowed",
+        "cfg",
+        "dry_run",
+        "dry_run_limited",
+        "key",
+        "limited",
+        "local",
+        "name",
+        "redis_failures",
+        "scope",
+        "shared",
+    )
 
     def __init__(
         self,
@@ -166,7 +247,7 @@ class Limit:
 
     def admit(self, ex: Any) -> bool:
         """Decide in process; False when the request was answered with 429."""
-        key = self.key(ex)
+        key = self.key.of(ex)
         if self.local.allow(key, ex.t0):
             self.allowed += 1
             self._counts[self._allowed] += 1
@@ -177,7 +258,7 @@ class Limit:
         """Decide through Redis, or by the failure policy when Redis does not answer."""
         shared = self.shared
         assert shared is not None
-        key = self.key(ex)
+        key = self.key.of(ex)
         text = key.decode("latin-1") if isinstance(key, bytes) else str(key)
         d = await shared.check(text, ex.t0)
         if shared.degraded:

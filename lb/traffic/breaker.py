@@ -12,10 +12,16 @@ Traefik's breaker, every state and transition is counted for metrics (`transitio
 `opened_times`) and reported through `on_transition`.
 
 The window is a ring of fixed buckets (one per second for a 10 s window) with running sums, so
-recording an outcome is a few integer operations and never allocates.
+recording an outcome is a few integer operations and never allocates: the newest bucket's
+counts are kept apart, in two integers (C integers, compiled), and join the ring when time
+moves past them.
 
 `Caps` are Envoy's cluster circuit breakers: hard limits on connections, pending requests,
 active requests and active retries, each with an overflow counter.
+
+Built with Cython (setup.py), `Breaker` and `Caps` are extension types typed by breaker.pxd:
+`record` runs once or twice per proxied request. `BreakerSettings` stays a Python dataclass,
+read only when an outcome is a failure.
 """
 
 from __future__ import annotations
@@ -53,6 +59,30 @@ class BreakerSettings:
 class Breaker:
     """State machine closed -> open -> half_open -> closed | open, driven by injected `now`."""
 
+    __slots__ = (
+        "_consecutive",
+        "_failed",
+        "_fails",
+        "_newest_failed",
+        "_newest_total",
+        "_open_for",
+        "_per_second",
+        "_probe_successes",
+        "_probes",
+        "_reopenings",
+        "_slot",
+        "_tick",
+        "_total",
+        "_totals",
+        "on_transition",
+        "open_until",
+        "opened_times",
+        "probe_deadline",
+        "settings",
+        "state",
+        "transitions",
+    )
+
     def __init__(
         self,
         settings: BreakerSettings | None = None,
@@ -73,6 +103,8 @@ class Breaker:
         self._fails = [0] * buckets
         self._tick = 0  # bucket number (time x buckets per second) of the newest bucket
         self._slot = 0  # its index in the ring
+        self._newest_total = 0  # the newest bucket's counts, not yet in the ring
+        self._newest_failed = 0
         self._total = 0
         self._failed = 0
         self._consecutive = 0
@@ -119,13 +151,12 @@ class Breaker:
             tick = int(now * self._per_second)
             if tick > self._tick:
                 self._advance(tick)
-            slot = self._slot
-            self._totals[slot] += 1
+            self._newest_total += 1
             self._total += 1
             if ok:
                 self._consecutive = 0
                 return
-            self._fails[slot] += 1
+            self._newest_failed += 1
             self._failed += 1
             self._consecutive += 1
             s = self.settings
@@ -148,6 +179,9 @@ class Breaker:
         """Empty the buckets time has moved past; a gap as long as the window empties all."""
         totals, fails = self._totals, self._fails
         n = len(totals)
+        totals[self._slot] = self._newest_total
+        fails[self._slot] = self._newest_failed
+        self._newest_total = self._newest_failed = 0
         for step in range(1, min(tick - self._tick, n) + 1):
             slot = (self._tick + step) % n
             self._total -= totals[slot]
@@ -161,6 +195,7 @@ class Breaker:
         for i in range(len(self._totals)):
             self._totals[i] = 0
             self._fails[i] = 0
+        self._newest_total = self._newest_failed = 0
         self._total = 0
         self._failed = 0
         self._consecutive = 0
@@ -193,6 +228,18 @@ class Caps:
     (traffic/gates.py) compares and counts inline; `overflows` counts refusals per cap.
     Retries go through `try_acquire_retry`/`release_retry`, each success paired with one
     release."""
+
+    __slots__ = (
+        "connections",
+        "max_connections",
+        "max_pending",
+        "max_requests",
+        "max_retries",
+        "overflows",
+        "pending",
+        "requests",
+        "retries",
+    )
 
     def __init__(
         self,

@@ -14,6 +14,9 @@ Outcomes come back through the runtime's hooks: `record_failure` once per failed
 attempt for the backend, the exchange's outcome for the service breaker, and the release of
 the retry slots it held). Both hooks are attached only while some service or route needs
 them, so a config without these features pays nothing per request.
+
+Built with Cython (setup.py), `TrafficControl` is an extension type typed by control.pxd, so
+its per-exchange `record` reads the exchange and the breakers as C fields.
 """
 
 from __future__ import annotations
@@ -25,8 +28,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from ..config import model
-from ..proxy import failures as F
-from ..proxy.failures import Failure
+from ..proxy.failures import BAD_STATUS, CLIENT_GONE, Failure
 from ..routing.table import RouteTable
 from ..runtime import set_hook
 from .admission import Admission, Limit, TrustedProxies, key_function
@@ -40,6 +42,20 @@ DEFAULT_RETRIES = model.Retries()
 
 
 class TrafficControl:
+    __slots__ = (
+        "_closing",
+        "clock",
+        "counters",
+        "limits",
+        "listener_limits",
+        "loop",
+        "redis",
+        "retries",
+        "runtime",
+        "services",
+        "trusted",
+    )
+
     def __init__(
         self,
         runtime: Any,
@@ -170,11 +186,7 @@ class TrafficControl:
         if b is None:
             return  # lb answered without a backend
         failure = ex.failure
-        if (
-            ex.response_started
-            and ex.status < 500
-            and (failure is None or failure is F.CLIENT_GONE)
-        ):
+        if ex.response_started and ex.status < 500 and (failure is None or failure is CLIENT_GONE):
             # The common case, inline: a response from the backend, and not a 5xx.
             now = ex.t0
             breaker = b.breaker
@@ -191,7 +203,7 @@ class TrafficControl:
                 breaker.record(True, now)
             return
         if ex.response_started:
-            failure = F.BAD_STATUS if ex.status >= 500 else failure
+            failure = BAD_STATUS if ex.status >= 500 else failure
             sc = self.services.get(b.service)
             if sc is not None and failure is not None:
                 sc.failed(b, failure, self.clock())

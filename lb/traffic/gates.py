@@ -18,6 +18,9 @@ where a cap could be reached: pending never exceeds requests, so it is checked o
 requests reach `max_pending`; open connections grow by at most one per admitted request or
 retry, so after each count the gate admits `max_connections - open` more before counting
 again. `caps.pending` and `caps.connections` hold the figures of the latest count.
+
+Built with Cython (setup.py), `ServiceGate` is an extension type typed by gates.pxd: it is
+entered and left once per exchange. `RouteRetry` stays a plain class, asked only on failures.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class ServiceGate:
     """`service.gate`: the service breaker first (open: 503 fast, or the fallback service),
     then the caps. `rejected` counts 503s of the open breaker, `fallbacks` the requests it
     sent to the fallback service."""
+
+    __slots__ = ("_headroom", "breaker", "caps", "clock", "fallbacks", "rejected", "service")
 
     def __init__(self, service: Any, cfg: model.CircuitBreaker, clock: Callable[[], float]):
         self.service = service

@@ -21,6 +21,9 @@ means a connection failure, reset, timeout or 5xx/gateway error, whichever the c
 
 The panic threshold (Envoy's: too few healthy backends, balance over all of them) is the
 service's, in `lb.balancer.service.panic`.
+
+Built with Cython (setup.py), `OutlierDetector` is an extension type typed by outlier.pxd:
+with outlier detection configured, `record` runs once per proxied request.
 """
 
 from __future__ import annotations
@@ -29,6 +32,22 @@ from collections.abc import Hashable, Iterable
 
 
 class OutlierDetector:
+    __slots__ = (
+        "_backends",
+        "_ejected",
+        "_errors",
+        "_forgiving",
+        "always_eject_one",
+        "base_ejection",
+        "consecutive_errors",
+        "ejections_total",
+        "interval",
+        "max_ejection",
+        "max_ejection_percent",
+        "overflows",
+        "times_ejected",
+    )
+
     def __init__(
         self,
         consecutive_errors: int = 5,

@@ -15,6 +15,10 @@ A backend whose breaker is open is not eligible. A timer half-opens it when its 
 over; from then on `Service.pick` asks the breaker before each request (`allow`), so only the
 probe quota gets through, and takes the backend out of rotation again while the probes are
 out. Each probe outcome brings it back for the next probe, or closes or reopens the breaker.
+
+Built with Cython (setup.py), `BackendBreaker` is an extension type typed by passive.pxd, so
+the traffic observer records each attempt's outcome with a C call; `ServiceControl`, which
+only acts on configuration and failures, stays a plain class.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ Clock = Callable[[], float]
 class BackendBreaker(Breaker):
     """`backend.breaker`: a Breaker whose transitions update the backend's eligibility."""
 
+    __slots__ = ("_timer", "backend", "clock", "loop", "service")
+
     def __init__(
         self,
         settings: BreakerSettings,
@@ -52,7 +58,8 @@ class BackendBreaker(Breaker):
         self._timer: asyncio.TimerHandle | None = None
 
     def allow(self, now: float) -> bool:
-        if super().allow(now):
+        # Breaker.allow named, not super(): compiled, a cpdef method has no __class__ cell.
+        if Breaker.allow(self, now):
             return True
         if self.state == HALF_OPEN and self._timer is None:
             # Out of rotation while its probes are out; look again at the probe deadline, so

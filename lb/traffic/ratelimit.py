@@ -21,6 +21,11 @@ flaw of Envoy's 20-entry per-IP LRU). When the table is full and the sweep finds
 key, the newcomer is not given a slot of its own but judged against one shared "overflow"
 bucket with the same rate and burst: during a flood of distinct keys, the flood as a whole gets
 one client's allowance, while every client already tracked keeps its own bucket unchanged.
+
+Built with Cython (setup.py), `GcraLimit` and `LocalLimiter` are extension types typed by
+ratelimit.pxd: `allow` runs once per rate-limited request. A key's TAT is held in a `Tat`
+(compiled, a C double in an object the size of a float) that an admission updates in place,
+so admitting a known key probes the table once and moves the key to its end, no more.
 """
 
 from __future__ import annotations
@@ -101,10 +106,29 @@ class PolicyHeaders:
         return out
 
 
+class Tat:
+    """One key's theoretical arrival time, held by reference in a LocalLimiter's table."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tat) and other.at == self.at
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Tat({self.at!r})"
+
+
 class GcraLimit:
     """One limit's GCRA figures, from `rate` per `period` plus `burst`, and the header fields
     that announce it. The in-process, worker-shared and Redis limiters all derive from it, so
     they validate alike and admit alike."""
+
+    __slots__ = ("_headers", "_slack", "burst", "interval", "limit", "period", "rate", "tolerance")
 
     def __init__(self, rate: float, period: float, burst: int) -> None:
         if rate <= 0 or period <= 0:
@@ -127,16 +151,25 @@ class GcraLimit:
         """Response header fields for `decision`; Retry-After is added on rejection."""
         return self._headers.build(decision, policy_name)
 
+    def allow(self, key: Hashable, now: float) -> bool:
+        """Admit one request of cost 1 now, or not. The in-process limiters answer it (declared
+        here so that a limit calls it directly, compiled); a Redis limiter decides
+        asynchronously, through `check`."""
+        raise NotImplementedError
+
 
 class LocalLimiter(GcraLimit):
     """Per-key GCRA limiter for one process. Not thread-safe; one event loop owns it."""
+
+    __slots__ = ("_last", "_overflow_tat", "_tats", "max_keys", "overflowed")
 
     def __init__(self, rate: float, period: float, burst: int, *, max_keys: int = 100_000) -> None:
         super().__init__(rate, period, burst)
         if max_keys < 1:
             raise ValueError("max_keys must be at least 1")
         self.max_keys = max_keys
-        self._tats: OrderedDict[Hashable, float] = OrderedDict()
+        self._tats: OrderedDict[Hashable, Tat] = OrderedDict()
+        self._last: Tat | None = None  # the Tat of the table's last key (or of none in it)
         self._overflow_tat = -math.inf
         self.overflowed = 0  # checks judged against the shared overflow bucket
 
@@ -146,9 +179,10 @@ class LocalLimiter(GcraLimit):
     def check(self, key: Hashable, now: float, cost: int = 1) -> Decision:
         """Admit or reject one request of `cost` units (0 peeks without consuming)."""
         tats = self._tats
-        tat = tats.get(key)
+        held = tats.get(key)
+        tat = None if held is None else held.at
         overflow = False
-        if tat is None and not self._room_for_newcomer(now):
+        if held is None and not self._room_for_newcomer(now):
             overflow = True
             self.overflowed += 1
             tat = self._overflow_tat
@@ -165,9 +199,12 @@ class LocalLimiter(GcraLimit):
             return Decision(False, self.limit, remaining, tat - now, wait)
         if overflow:
             self._overflow_tat = new_tat
+        elif held is None:
+            self._last = tats[key] = Tat(new_tat)  # a newcomer: at the end already
         else:
-            tats[key] = new_tat
+            held.at = new_tat
             tats.move_to_end(key)
+            self._last = held
         remaining = int((tolerance - (new_tat - now)) / interval + 1e-3)
         return Decision(True, self.limit, remaining, new_tat - now, 0.0)
 
@@ -176,16 +213,23 @@ class LocalLimiter(GcraLimit):
         common case: a known key, admitted. A rejected request consumes nothing, so the caller
         may follow with `check` for the figures of its 429."""
         tats = self._tats
-        tat = tats.get(key)
-        if tat is None:
+        # An OrderedDict is a dict, and keeps dict's `get`: called on dict, compiled, this is a
+        # direct dict look-up instead of a method call.
+        held = dict.get(tats, key)
+        if held is None:
             return self.check(key, now).allowed  # newcomers: room to make, maybe overflow
+        tat = held.at
         if tat < now:
             tat = now
         new_tat = tat + self.interval
         if new_tat - self.tolerance - now > self._slack:
             return False
-        tats[key] = new_tat
-        tats.move_to_end(key)
+        held.at = new_tat
+        if held is not self._last:
+            # A limit keyed by route, or one busy client, admits the same key again and again:
+            # the key already last in the table needs no move.
+            tats.move_to_end(key)
+            self._last = held
         return True
 
     def _room_for_newcomer(self, now: float) -> bool:
@@ -197,9 +241,9 @@ class LocalLimiter(GcraLimit):
         tats = self._tats
         full = len(tats) >= self.max_keys
         for _ in range(min(_SWEEP_WHEN_FULL if full else _SWEEP_WITH_ROOM, len(tats))):
-            key, tat = tats.popitem(last=False)
-            if tat > now:
-                tats[key] = tat
+            key, held = tats.popitem(last=False)
+            if held.at > now:
+                self._last = tats[key] = held
             elif full:
                 return True
         return len(tats) < self.max_keys
