@@ -20,10 +20,13 @@ if TYPE_CHECKING:
 
 CONNECTIONS, STREAMS = 16, 10
 PROXIES = ("haproxy", "nginx", "lb")
+# HTTP/2 to the backends too (NGINX backends speaking h2c): NGINX cannot proxy to HTTP/2.
+UPSTREAM_PROXIES = ("haproxy", "lb")
 
 
-def haproxy_config(port: int, backends: list[int]) -> str:
-    servers = "".join(f"    server b{i} 127.0.0.1:{b}\n" for i, b in enumerate(backends, 1))
+def haproxy_config(port: int, backends: list[int], h2_backends: bool = False) -> str:
+    proto = " proto h2" if h2_backends else ""
+    servers = "".join(f"    server b{i} 127.0.0.1:{b}{proto}\n" for i, b in enumerate(backends, 1))
     return f"""global
     nbthread 1
     maxconn 4000
@@ -66,8 +69,10 @@ def nginx_config(run: Any, prefix: Path, port: int, backends: list[int], nofile:
 """
 
 
-def lb_config(port: int, admin_port: int, backends: list[int]) -> str:
+def lb_config(port: int, admin_port: int, backends: list[int], h2_backends: bool = False) -> str:
     lines = "".join(f'      - {{address: "127.0.0.1:{b}", weight: 1}}\n' for b in backends)
+    if h2_backends:
+        lines += "    protocol: h2\n"
     return f"""listeners:
   - name: bench
     bind: "127.0.0.1:{port}"
@@ -85,14 +90,20 @@ services:
 
 
 def start(
-    run: Any, bench: Bench, layout: Layout, name: str, backends: list[int], tag: str
+    run: Any,
+    bench: Bench,
+    layout: Layout,
+    name: str,
+    backends: list[int],
+    tag: str,
+    h2_backends: bool = False,
 ) -> tuple[subprocess.Popen[bytes], int] | str:
     home = bench.workdir / f"h2-{tag}{name}"
     home.mkdir()
     port = bench.ports.free()
     if name == "haproxy":
         conf = home / "haproxy.cfg"
-        conf.write_text(haproxy_config(port, backends))
+        conf.write_text(haproxy_config(port, backends, h2_backends))
         cmd = [bench.tools.haproxy, "-db", "-f", str(conf)]
     elif name == "nginx":
         conf = home / "nginx.conf"
@@ -100,7 +111,7 @@ def start(
         cmd = bench.nginx_cmd(home, conf)
     else:
         conf = home / "lb.yaml"
-        conf.write_text(lb_config(port, bench.ports.free(), backends))
+        conf.write_text(lb_config(port, bench.ports.free(), backends, h2_backends))
         cmd = [*bench.tools.lb, "run", "-c", str(conf)]
     log = home / "stdout.log"
     proc = bench.procs.start(cmd, layout.proxy_cpus[:1], log, cwd=run.REPO)
@@ -141,23 +152,61 @@ def h2load(
     }
 
 
+def start_h2_backends(run: Any, bench: Bench, layout: Layout) -> list[int]:
+    """The two NGINX backends of run.py, speaking HTTP/2 (h2c by prior knowledge)."""
+    ports: list[int] = []
+    for i in (1, 2):
+        prefix = bench.workdir / f"h2up-backend{i}"
+        prefix.mkdir()
+        port = bench.ports.free()
+        conf = prefix / "nginx.conf"
+        text = run.nginx_backend_config(prefix, port, max(1, len(layout.backend_cpus)), 1024)
+        conf.write_text(
+            text.replace(
+                " backlog=4096;", " http2 backlog=4096;\n        http2_max_requests 1000000;"
+            )
+        )
+        log = prefix / "stdout.log"
+        proc = bench.procs.start(bench.nginx_cmd(prefix, conf), layout.backend_cpus, log)
+        if proc.poll() is not None or not wait_port(port):  # h2c only: no HTTP/1.1 probe
+            raise RuntimeError(f"h2 backend {i} failed\n{run.log_tail(prefix / 'error.log')}")
+        ports.append(port)
+    return ports
+
+
 def h2_phase(run: Any, bench: Bench, cpus: list[int]) -> dict[str, Any]:
-    """Interleaved rounds of h2load through each proxy; medians and per-round ratios."""
+    """Interleaved rounds of h2load through each proxy to HTTP/1.1 backends, then through
+    HAProxy and lb to HTTP/2 backends; medians and per-round ratios."""
+    out = scenario(run, bench, cpus, h2_backends=False)
+    try:
+        out["h2_backends"] = scenario(run, bench, cpus, h2_backends=True)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"\nh2 to h2 backends: {exc}")
+        out["h2_backends"] = {"error": str(exc)}
+    return out
+
+
+def scenario(run: Any, bench: Bench, cpus: list[int], h2_backends: bool) -> dict[str, Any]:
     h2load_path = shutil.which("h2load")
     if h2load_path is None:
         print("\nh2: h2load missing (Debian nghttp2-client): phase skipped")
         return {"error": "h2load missing"}
     layout = run.standard_layout(cpus)
     requests = max(20_000, int(bench.args.h2_requests))
-    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in PROXIES}
+    names = UPSTREAM_PROXIES if h2_backends else PROXIES
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     errors: dict[str, str] = {}
+    tag = "h2up-" if h2_backends else ""
     with run.phase(bench):
-        backends = run.start_backends(bench, layout, "h2-")
+        if h2_backends:
+            backends = start_h2_backends(run, bench, layout)
+        else:
+            backends = run.start_backends(bench, layout, "h2-")
         for rnd in range(1, bench.args.rounds + 1):
-            for name in PROXIES:
+            for name in names:
                 if name in errors:
                     continue
-                started = start(run, bench, layout, name, backends, f"r{rnd}-")
+                started = start(run, bench, layout, name, backends, f"{tag}r{rnd}-", h2_backends)
                 if isinstance(started, str):
                     errors[name] = started
                     print(f"h2: {name} failed to start\n  {run.indent(started)}")
@@ -178,21 +227,26 @@ def h2_phase(run: Any, bench: Bench, cpus: list[int]) -> dict[str, Any]:
                 rounds[name].append(result)
                 rps = result["rps"] or 0.0
                 print(
-                    f"h2 round {rnd}/{bench.args.rounds}  {name:8} {rps:9,.0f} req/s  "
+                    f"h2{' to h2' if h2_backends else ''} round {rnd}/{bench.args.rounds}  "
+                    f"{name:8} {rps:9,.0f} req/s  "
                     f"{result['cpu_us_per_req']:.1f} µs/req  failed {result['failed']}"
                 )
-    return summarize(rounds, errors)
+    return summarize(rounds, errors, h2_backends)
 
 
-def summarize(rounds: dict[str, list[dict[str, Any]]], errors: dict[str, str]) -> dict[str, Any]:
+def summarize(
+    rounds: dict[str, list[dict[str, Any]]], errors: dict[str, str], h2_backends: bool
+) -> dict[str, Any]:
     import statistics
 
+    backends = "HTTP/2 (h2c)" if h2_backends else "HTTP/1.1"
     out: dict[str, Any] = {
         "load": f"h2load -c{CONNECTIONS} -m{STREAMS} (h2c prior knowledge)",
+        "backends": backends,
         "errors": errors,
     }
     base = rounds.get("haproxy", [])
-    print("\nHTTP/2, h2c, 16 connections x 10 streams: medians")
+    print(f"\nHTTP/2, h2c, 16 connections x 10 streams, {backends} backends: medians")
     for name, runs in rounds.items():
         if not runs:
             continue
@@ -214,7 +268,7 @@ def summarize(rounds: dict[str, list[dict[str, Any]]], errors: dict[str, str]) -
             f"x HAProxy {s['vs_haproxy_rps'] or 0:.2f}  failed {s['failed']}"
         )
     lb = out.get("lb", {})
-    if lb.get("vs_haproxy_rps") is not None:
+    if lb.get("vs_haproxy_rps") is not None and not h2_backends:
         met = "PASS" if lb["vs_haproxy_rps"] >= 0.5 else "MISS"
         print(f"  check: lb/haproxy h2 req/s {lb['vs_haproxy_rps']:.2f}  target >= 0.5  {met}")
     return out
