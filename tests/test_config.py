@@ -87,6 +87,22 @@ def test_types_and_choices(tmp_path):
     assert "routes[0].retries.on[0]: expected one of" in out
 
 
+def test_grpc_status_retries_by_name_or_code(tmp_path):
+    text = GOOD + "    retries: {grpc_status: [unavailable, RESOURCE_EXHAUSTED, 4]}\n"
+    loaded = load(str(write(tmp_path, text)), environ={})
+    assert loaded.config.routes[0].retries.grpc_status == [14, 8, 4]
+    bad = "    retries:\n      grpc_status: [unavailable, unavialable, 0, 17]\n"
+    out = problems(tmp_path, GOOD + bad)
+    assert len(out) == 3, out
+    assert out[0].startswith(
+        f"{tmp_path}/lb.yaml:11:34: routes[0].retries.grpc_status[1]: expected a gRPC status ("
+    )
+    assert "resource-exhausted" in out[0]
+    assert out[0].endswith('found "unavialable" (did you mean "unavailable"?)')
+    assert "grpc_status[2]" in out[1] and 'found "0"' in out[1]
+    assert "grpc_status[3]" in out[2] and 'found "17"' in out[2]
+
+
 def test_route_needs_exactly_one_action(tmp_path):
     out = problems(tmp_path, GOOD + "    respond: {status: 503}\n")
     assert any("exactly one action" in p for p in out)

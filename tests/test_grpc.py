@@ -52,11 +52,31 @@ def bidi(reqs, ctx):
         yield r.upper()
 
 
+CALLS: dict[str | bytes, int] = {}
+
+
+def fails_first(req, ctx):
+    """Fails its first call with the status named by the request, then answers OK."""
+    name = req.decode()
+    n = CALLS[name] = CALLS.get(name, 0) + 1
+    if n == 1:
+        ctx.abort(getattr(grpc.StatusCode, name), "try again")  # trailers-only
+    return b"ok " + req
+
+
+def stream_then_unavailable(req, ctx):
+    CALLS[req] = CALLS.get(req, 0) + 1
+    yield b"first"
+    ctx.abort(grpc.StatusCode.UNAVAILABLE, "gone mid-stream")
+
+
 HANDLERS = {
     "Unary": grpc.unary_unary_rpc_method_handler(unary),
     "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
     "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
     "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+    "FailsFirst": grpc.unary_unary_rpc_method_handler(fails_first),
+    "StreamThenUnavailable": grpc.unary_stream_rpc_method_handler(stream_then_unavailable),
 }
 
 
@@ -77,13 +97,14 @@ def grpc_server(health=None):
 
 
 @contextlib.asynccontextmanager
-async def grpc_lb(tmp_path, backends, log=None):
+async def grpc_lb(tmp_path, backends, log=None, routes=None):
     text = lb_yaml(
         backends,
         port=free_port(),
         admin_port=free_port(),
         extra_listener=H2 + (f"    access_log: {{path: {log}}}\n" if log else ""),
         extra_service="    protocol: h2\n",
+        routes=routes,
     )
     async with running_lb(tmp_path, text) as lb:
         yield lb
@@ -271,3 +292,80 @@ async def test_grpc_health_check(tmp_path):
             assert out == b"ok"
     port = free_port()
     assert (await probe())[0] is False
+
+
+GRPC_RETRIES = """\
+routes:
+  - name: all
+    match: {path: {prefix: /}}
+    service: app
+    retries: {attempts: 3, grpc_status: [unavailable, 8], backoff: 1ms}
+"""
+
+
+def fails_first_call(name):
+    def run(ch):
+        try:
+            return method(ch, "unary_unary", "FailsFirst")(name.encode()), None
+        except grpc.RpcError as e:
+            return None, e
+
+    return run
+
+
+async def test_trailers_only_grpc_status_is_retried_when_listed(tmp_path):
+    from test_metrics import promtool_check, scrape, value
+
+    CALLS.clear()
+    with grpc_server() as port:
+        async with grpc_lb(tmp_path, [f"127.0.0.1:{port}"], routes=GRPC_RETRIES) as lb:
+            # UNAVAILABLE (by name) and RESOURCE_EXHAUSTED (by code 8): retried, the client
+            # sees the second answer.
+            for name in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
+                out, err = await call(lb.port, fails_first_call(name))
+                assert err is None and out == b"ok " + name.encode()
+                assert CALLS[name] == 2
+            # NOT_FOUND is not in the list: passed on as it is, one call.
+            out, err = await call(lb.port, fails_first_call("NOT_FOUND"))
+            assert out is None and err.code() == grpc.StatusCode.NOT_FOUND
+            assert err.details() == "try again" and CALLS["NOT_FOUND"] == 1
+
+            # Messages already went to the client: never retried, even with a listed code.
+            def streaming(ch):
+                got = []
+                with pytest.raises(grpc.RpcError) as err:
+                    for m in method(ch, "unary_stream", "StreamThenUnavailable")(b"s"):
+                        got.append(m)
+                return got, err.value
+
+            got, e = await call(lb.port, streaming)
+            assert got == [b"first"] and e.code() == grpc.StatusCode.UNAVAILABLE
+            assert CALLS[b"s"] == 1
+
+            text = await scrape(lb)
+            assert value(text, "lb_retries_total", route="all") == 2
+            assert value(text, "lb_backend_failures_total", kind="grpc-status") == 2
+            grpc_total = "lb_grpc_responses_total"
+            assert value(text, grpc_total, route="all", grpc_status="OK") == 2
+            assert value(text, grpc_total, route="all", grpc_status="NOT_FOUND") == 1
+            assert value(text, grpc_total, route="all", grpc_status="UNAVAILABLE") == 1
+            assert value(text, grpc_total) == 4  # the retried answers never reached a client
+            promtool_check(text)
+
+
+async def test_grpc_status_retries_stop_at_the_attempts(tmp_path):
+    from test_metrics import scrape, value
+
+    routes = GRPC_RETRIES.replace("attempts: 3", "attempts: 1")
+    CALLS.clear()
+    with grpc_server() as port:
+        async with grpc_lb(tmp_path, [f"127.0.0.1:{port}"], routes=routes) as lb:
+            out, err = await call(lb.port, fails_first_call("UNAVAILABLE"))
+            assert out is None and err.code() == grpc.StatusCode.UNAVAILABLE
+            assert CALLS["UNAVAILABLE"] == 1
+            c = await Client.connect(lb.port)
+            await c.request(path="/plain")  # not a gRPC call: not counted
+            c.close()
+            text = await scrape(lb)
+            assert value(text, "lb_grpc_responses_total", grpc_status="UNAVAILABLE") == 1
+            assert value(text, "lb_grpc_responses_total") == 1

@@ -69,6 +69,15 @@ def test_conditions(on: set[str], kind: str, status: int | None, expected: bool)
     assert p.should_retry("GET", kind, status, 1, True) is expected
 
 
+def test_grpc_statuses_within_attempts_and_replay() -> None:
+    p = RetryPolicy(attempts=3, grpc_statuses=frozenset({14, 8}))
+    assert p.should_retry_grpc(14, 1, True) and p.should_retry_grpc(8, 2, True)
+    assert not p.should_retry_grpc(14, 3, True)  # attempts used up
+    assert not p.should_retry_grpc(14, 1, False)  # the body cannot be sent again
+    assert not p.should_retry_grpc(5, 1, True)  # NOT_FOUND is not listed
+    assert not RetryPolicy().should_retry_grpc(14, 1, True)  # nothing listed by default
+
+
 def test_configured_methods_accept_any_case_and_bytes() -> None:
     p = RetryPolicy(on=frozenset({"reset"}), idempotent_methods=frozenset({"get", b"PURGE"}))
     assert p.should_retry(b"GET", "reset", None, 1, True)

@@ -1,6 +1,7 @@
 """The field types the config dataclasses share: units (durations, sizes, rates), checked
-scalars (percentages, weights, statuses, HTTP/2 sizes, regexes, CIDRs), addresses, and
-`Report`, the callback a dataclass's `check()` reports its cross-field problems through.
+scalars (percentages, weights, statuses, gRPC statuses, HTTP/2 sizes, regexes, CIDRs),
+addresses, and `Report`, the callback a dataclass's `check()` reports its cross-field
+problems through.
 
 An `Annotated` type's metadata is what schema.py converts and checks a YAML scalar by.
 """
@@ -10,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated
 
+from ..proxy.grpc import parse_code
 from .schema import Check, Unit
 from .units import parse_duration, parse_rate, parse_size
 
@@ -23,6 +25,8 @@ Positive = Annotated[int, Check(lambda v: v > 0, "a positive integer")]
 NonNegative = Annotated[int, Check(lambda v: v >= 0, "an integer >= 0")]
 Weight = Annotated[int, Check(lambda v: 0 <= v <= 1_000_000, "a weight from 0 to 1000000")]
 Status = Annotated[int, Check(lambda v: 100 <= v <= 599, "an HTTP status from 100 to 599")]
+# A gRPC error status: its name as Envoy spells it ("unavailable") or its code (14)
+GrpcStatus = Annotated[int, Unit(parse_code)]
 # HTTP/2 SETTINGS values (RFC 9113 6.5.2), sizes with units
 FrameSize = Annotated[
     Size, Check(lambda v: 16384 <= v <= 16777215, "a size from 16384 to 16777215")

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from .fieldtypes import (
     Address,
     Duration,
+    GrpcStatus,
     NonNegative,
     Percent,
     Positive,
@@ -362,6 +363,9 @@ class Retries:
         field(default_factory=lambda: ["connect-failure", "reset"])
     )
     statuses: list[Status] = field(default_factory=lambda: [502, 503, 504])
+    # gRPC calls answered trailers-only (nothing sent to the client yet) with one of these
+    # grpc-status codes are retried too, like a 5xx, whatever the `on` list and the method
+    grpc_status: list[GrpcStatus] = field(default_factory=list)
     per_try_timeout: Duration | None = None
     backoff: Duration = 0.025
     max_backoff: Duration = 0.25

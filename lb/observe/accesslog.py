@@ -312,7 +312,7 @@ class AccessLog:
             ex.retries,
             ex.failure.label if ex.failure is not None else None,
             info.request_id.decode("latin-1") if info.request_id else None,
-            getattr(client, "grpc_status", None),
+            client.grpc_status,
         )
         sink, fmt = entry
         sink.add(fmt(row))

@@ -148,6 +148,12 @@ class Exposition(Collector):
             "response-head, reset-after-head, upstream-idle, client-gone, ...).",
             labels=["route", "service", "failure"],
         )
+        grpc = CounterMetricFamily(
+            "lb_grpc_responses",
+            "gRPC calls by route and the grpc-status their answer carried to the client "
+            "(OK, UNAVAILABLE, ...; other: a value outside the 17 codes).",
+            labels=["route", "grpc_status"],
+        )
         for rs in (*m.routes.values(), m.no_route):
             for sname, h in rs.durations.items():
                 durations.add_metric([rs.name, sname], h.cumulative(), h.sum)
@@ -155,9 +161,12 @@ class Exposition(Collector):
                 retries.add_metric([rs.name, sname], n)
             for (sname, kind), n in rs.failures.items():
                 failures.add_metric([rs.name, sname, kind], n)
+            for code, n in rs.grpc.items():
+                grpc.add_metric([rs.name, code], n)
         yield durations
         yield retries
         yield failures
+        yield grpc
 
     # -- backends ----------------------------------------------------------------------------
     def _backends(self) -> Iterator[Any]:

@@ -24,6 +24,7 @@ cdef class RouteStats:
     cdef public dict durations
     cdef public dict retries
     cdef public dict failures
+    cdef public dict grpc
 
 
 @cython.final

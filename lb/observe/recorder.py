@@ -12,6 +12,8 @@ from bisect import bisect_left
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from ..proxy.grpc import LABELS as GRPC_LABELS
+
 if TYPE_CHECKING:
     from ..hooks import ExchangeView
 
@@ -54,7 +56,7 @@ class Count:
 
 
 class RouteStats:
-    __slots__ = ("durations", "failures", "index", "name", "retries")
+    __slots__ = ("durations", "failures", "grpc", "index", "name", "retries")
 
     def __init__(self, name: str, index: int) -> None:
         self.name = name
@@ -62,6 +64,7 @@ class RouteStats:
         self.durations: dict[str, Histogram] = {}  # by service name ("" when none)
         self.retries: dict[str, int] = {}  # by service name
         self.failures: dict[tuple[str, str], int] = {}  # (service, failure kind)
+        self.grpc: dict[str, int] = {}  # gRPC answers by grpc-status name ("other" folded)
 
 
 class BackendStats:
@@ -183,6 +186,10 @@ class Recorder:
             bs.errors += 1
         if ex.retries:
             rs.retries[sname] = rs.retries.get(sname, 0) + ex.retries
+        grpc_status = ex.client.grpc_status  # a C field, None but for gRPC calls
+        if grpc_status is not None:
+            label = GRPC_LABELS.get(grpc_status, OTHER)
+            rs.grpc[label] = rs.grpc.get(label, 0) + 1
         t = ex.t_upstream
         if t:
             bs.upstream_count += 1

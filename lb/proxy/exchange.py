@@ -344,6 +344,22 @@ class Exchange:
         length = info.content_length
         self.client.send_head(self, status, fwd, -1 if length is None else length)
 
+    def grpc_retry(self, code: int) -> bool:
+        """A gRPC call answered trailers-only with grpc-status `code` (HTTP/2 backends call
+        this before `response_head`, nothing of the answer sent yet): True when the route
+        retries that code and the attempt is dropped for another; False: pass it on."""
+        route = self.route
+        if (
+            route is None
+            or route.retry is None
+            or not self.replayable
+            or not route.retry.allows_grpc(self, code)
+        ):
+            return False
+        self._drop_upstream()
+        self._retry_later(F.GRPC_STATUS)
+        return True
+
     def response_body(self, chunk: bytes) -> None:
         self.resp_bytes += len(chunk)
         self.client.send_body(chunk)

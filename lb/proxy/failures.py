@@ -55,6 +55,9 @@ RESPONSE_HEAD_TIMEOUT = Failure("response-head", 504, TIMEOUT, _TIMEOUT, True)
 UPSTREAM_IDLE = Failure("upstream-idle", 504, "", _TIMEOUT, True)  # no bytes either way
 RESET_AFTER_HEAD = Failure("reset-after-head", 0, "", _5XX, False)
 BAD_STATUS = Failure("status", 0, STATUS, _5XX, False)  # a 5xx, retried or not
+# A gRPC call answered trailers-only with a grpc-status its route retries (`retries.
+# grpc_status`): reported for the backend as it is retried, counted like a retried 5xx.
+GRPC_STATUS = Failure("grpc-status", 0, STATUS, _5XX, False)
 CLIENT_GONE = Failure("client-gone", 0, "", frozenset(), False)
 NO_DESCRIPTORS = Failure("no-descriptors", 503, "", frozenset(), False)  # lb's own shortage
 # An HTTP/2 stream the backend did not process (RST_STREAM REFUSED_STREAM, above a GOAWAY's
@@ -73,6 +76,7 @@ ALL = (
     UPSTREAM_IDLE,
     RESET_AFTER_HEAD,
     BAD_STATUS,
+    GRPC_STATUS,
     CLIENT_GONE,
     NO_DESCRIPTORS,
     REFUSED_STREAM,

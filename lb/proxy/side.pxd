@@ -15,6 +15,7 @@ cdef class Downstream(Writer):
     cdef public object listener
     cdef public object loop
     cdef public object peer_ip
+    cdef public object grpc_status
 
     cpdef send_interim(self, Exchange ex, long status, list headers)
     cpdef send_head(self, Exchange ex, long status, list headers, Py_ssize_t length)

@@ -29,13 +29,18 @@ if TYPE_CHECKING:
 
 
 class Downstream(Writer):
-    __slots__ = ("listener", "loop", "peer_ip")
+    """`grpc_status`: the grpc-status a gRPC call's answer carried to the client, as sent
+    ("14"); None for anything else (HTTP/1.1 never sets it): the metrics and the access log
+    read it."""
+
+    __slots__ = ("grpc_status", "listener", "loop", "peer_ip")
 
     def __init__(self, listener: ListenerRuntime, outbox: Outbox) -> None:
         Writer.__init__(self, outbox)
         self.listener = listener
         self.loop: asyncio.AbstractEventLoop = listener.loop
         self.peer_ip = b"unknown"
+        self.grpc_status: str | None = None
 
     # -- the response, as messages --------------------------------------------------------------
     def send_interim(self, ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:

@@ -164,6 +164,7 @@ class RouteRetry:
             attempts=cfg.attempts,
             on=frozenset(cfg.on),
             statuses=frozenset(cfg.statuses),
+            grpc_statuses=frozenset(cfg.grpc_status),
             per_try_timeout=cfg.per_try_timeout,
             # The policy needs a positive base; "backoff: 0" means as good as no wait.
             backoff_base=max(cfg.backoff, 0.001),
@@ -198,6 +199,12 @@ class RouteRetry:
         return self.policy.should_retry(ex.method, STATUS, status, attempt, True) and (
             self._take(ex)
         )
+
+    def allows_grpc(self, ex: Any, code: int) -> bool:
+        """A gRPC call answered trailers-only with `code`: retried like a status, within the
+        attempts, the budget and the caps."""
+        attempt = ex.attempts - ex.redispatches
+        return self.policy.should_retry_grpc(code, attempt, True) and self._take(ex)
 
     def backoff(self, retries: int) -> float:
         return self.policy.backoff(retries)

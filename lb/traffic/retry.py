@@ -17,6 +17,12 @@ vocabulary; lb answers a connect failure with 502/503 and a per-try timeout with
 Safety rules before any condition: a request whose body cannot be sent again is never retried;
 a non-idempotent method (POST, PATCH, ...) is retried only after a connect failure, the one
 case where the backend provably did not receive it.
+
+gRPC (`grpc_statuses`, the route's `retries.grpc_status`): a call answered trailers-only (the
+error status in the response head, nothing of it sent to the client yet) with one of these
+codes is retried whatever the `on` conditions and the method (every gRPC call is a POST): the
+codes are the route's statement that the call may be made again, as Envoy's `retry_on` gRPC
+conditions are.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class RetryPolicy:
     attempts: int = 2  # tries in all, the first one included (Envoy's num_retries + 1)
     on: frozenset[str] = frozenset({"connect-failure", "reset", "gateway-error"})
     statuses: frozenset[int] = frozenset()  # for "retriable-status"
+    grpc_statuses: frozenset[int] = frozenset()  # gRPC status codes retried (trailers-only)
     per_try_timeout: float | None = None
     backoff_base: float = 0.025  # Envoy's defaults: 25 ms, capped at 10x
     backoff_max: float = 0.25
@@ -66,6 +73,7 @@ class RetryPolicy:
         # Accept any iterables from configuration; store what the hot path needs.
         object.__setattr__(self, "on", frozenset(self.on))
         object.__setattr__(self, "statuses", frozenset(self.statuses))
+        object.__setattr__(self, "grpc_statuses", frozenset(self.grpc_statuses))
         object.__setattr__(self, "idempotent_methods", _with_bytes(self.idempotent_methods))
 
     def should_retry(
@@ -95,6 +103,10 @@ class RetryPolicy:
                 or ("retriable-status" in on and status in self.statuses)
             )
         return False
+
+    def should_retry_grpc(self, code: int, attempt: int, body_replayable: bool) -> bool:
+        """May a gRPC call answered trailers-only with status `code` be tried again?"""
+        return attempt < self.attempts and body_replayable and code in self.grpc_statuses
 
     def backoff(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait before the try after `attempt` tries: full jitter over an

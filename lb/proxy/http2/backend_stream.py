@@ -8,7 +8,9 @@ connection (backend_connection.py) hands this stream its frames.
 A stream the backend did not process (RST_STREAM REFUSED_STREAM, above a GOAWAY's last stream
 id, or refused locally) fails with `REFUSED_STREAM`, which the exchange moves elsewhere
 whatever the method. A gRPC request's `grpc-timeout` bounds its wait for the response (the
-route's timeouts still apply).
+route's timeouts still apply). A gRPC call answered trailers-only (HEADERS with END_STREAM:
+nothing of it has reached the client) with a grpc-status its route retries is offered to
+`Exchange.grpc_retry` before the head goes on.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class H2UpstreamStream(Upstream):
     __slots__ = (
         "conn",
         "ex",
+        "grpc",
         "grpc_timer",
         "head_only",
         "held",
@@ -70,6 +73,7 @@ class H2UpstreamStream(Upstream):
         self.reused = conn.used > 0
         self.ex: Any = None
         self.sid = 0
+        self.grpc = False  # a gRPC request: a trailers-only answer may be retried
         self.head_only = False
         self.started = False  # the final response head is in
         self.req_ended = False  # END_STREAM sent (or the stream is gone)
@@ -112,6 +116,7 @@ class H2UpstreamStream(Upstream):
                 timeout = grpc_timeout(value)
             fields.append((low, value))
         if is_grpc:
+            self.grpc = True
             fields.append((b"te", b"trailers"))  # gRPC servers require it
         if info.content_length is not None:
             fields.append((b"content-length", str(info.content_length).encode()))
@@ -236,6 +241,10 @@ class H2UpstreamStream(Upstream):
             return
         if end_stream and not self.head_only:
             info.content_length = 0  # a head alone (a gRPC trailers-only response)
+            if self.grpc and status < 500:
+                code = grpc.status_code(regular)
+                if code > 0 and ex.grpc_retry(code):
+                    return  # dropped unseen: the exchange tries again
         self.started = True
         self.deadline.set(ex.idle_timeout(), "idle")
         ex.response_head(self, status, info)

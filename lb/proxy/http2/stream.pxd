@@ -19,6 +19,5 @@ cdef class H2Stream(Downstream):
     cdef public bint client_paused
     cdef public bint req_ended
     cdef public bint grpc
-    cdef public object grpc_status
     cdef public object head
     cdef public list trailers

@@ -50,7 +50,6 @@ class H2Stream(Downstream):
         "ex",
         "expected",
         "grpc",
-        "grpc_status",
         "head",
         "held",
         "paused",
@@ -73,8 +72,7 @@ class H2Stream(Downstream):
         self.paused = 0
         self.client_paused = False
         self.req_ended = False
-        self.grpc = False
-        self.grpc_status: str | None = None  # as sent to the client (the access log's)
+        self.grpc = False  # grpc_status (Downstream's): as sent to the client
         self.head: tuple[int, list[tuple[bytes, bytes]]] | None = None  # held for the end
         self.trailers: list[tuple[bytes, bytes]] = []
 
