@@ -331,3 +331,31 @@ async def test_graceful_shutdown_goaway_lets_stream_finish(tmp_path):
         assert "recv GOAWAY" in out and "error_code=NO_ERROR" in out
         assert out.index("recv GOAWAY") < out.rindex("late")
         assert "late" in out and proc.returncode == 0
+
+
+async def test_reload_drops_no_stream(tmp_path):
+    """A reload while an HTTP/2 connection has a stream in flight: the stream finishes, the
+    same connection goes on serving under the new config, and nothing is reset."""
+    async with h2_lb(tmp_path) as (lb, bes):
+
+        async def slow(req):
+            if req.path == "/slow":
+                await asyncio.sleep(0.5)
+            return ok_response(b"done " + req.path.encode())
+
+        bes[0].respond = slow
+        c = await H2Client.connect(lb.port)
+        assert (await c.request())["status"] == 200
+        sid = c.start(path="/slow")
+        await asyncio.sleep(0.1)  # in flight at the backend
+        text = lb.config_path.read_text().replace("name: all", "name: all-reloaded")
+        lb.config_path.write_text(text)
+        ok, errors = await lb.server.reload()
+        assert ok, errors
+        assert "all-reloaded" in lb.server.runtime.table.by_name
+        r = await c.wait(sid)
+        assert r["status"] == 200 and r["body"] == b"done /slow" and r["reset"] is None
+        r = await c.request(path="/after")
+        assert r["status"] == 200 and r["body"] == b"done /after"
+        assert c.goaway is None
+        c.close()
