@@ -101,6 +101,18 @@ class Admitter(Protocol):
     def admit(self, ex: "Exchange") -> bool: ...
 
 
+class Guard(Protocol):
+    """`Route.guard`: the edge policies (who may come in), asked before the rate limits. True
+    lets the exchange go on now; False means it answered the client itself (401, 403, ...) or
+    calls `ex.admitted()` once it has decided (a verification off the loop, a subrequest). A
+    guard that holds something per exchange (an in-flight slot) sets `ex.guard` to itself
+    and is left exactly once in `Exchange._finish`."""
+
+    def admit(self, ex: "Exchange") -> bool: ...
+
+    def leave(self, ex: "Exchange") -> None: ...
+
+
 class Gate(Protocol):
     """`Service.gate`: the service's caps and breaker, entered once per exchange and left in
     `Exchange._finish`; a retry takes a cap slot too."""

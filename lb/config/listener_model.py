@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from .edge_model import ClientAuth, IpFilter, Jwt
 from .fieldtypes import (
     Address,
     Cidr,
@@ -44,6 +45,7 @@ class Certificate:
 class ListenerTls:
     certificates: list[Certificate]
     min_version: Literal["1.2", "1.3"] = "1.2"
+    client_auth: ClientAuth | None = None  # mTLS
 
     def check(self, report: Report) -> None:
         if not self.certificates:
@@ -187,6 +189,12 @@ class Listener:
     # (the client preface) on a plain listener.
     protocols: list[Literal["http1", "h2"]] = field(default_factory=lambda: ["http1"])
     http2: Http2Settings | None = None  # with h2 in protocols: limits on HTTP/2 clients
+    # edge policies for every route served here, asked before the route's own
+    ip_filter: IpFilter | None = None
+    jwt: Jwt | None = None
+    # More connections than this from one client address are closed at accept (HAProxy's
+    # conn_cur); across --workers the count is shared as local rate limits are.
+    max_connections_per_client: Positive | None = None
 
     def check(self, report: Report) -> None:
         from ..observe.accesslog import FIELDS, TCP_FIELDS

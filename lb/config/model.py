@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from .edge_model import BasicAuth, ClientInFlight, ForwardAuth, IpFilter, Jwt
 from .fieldtypes import (
     Address,
     Duration,
@@ -394,6 +395,12 @@ class Route:
     max_body_size: Size | None = None
     rate_limit: RateLimit | None = None
     retries: Retries | None = None
+    # edge policies (lb/config/edge_model.py), asked in this order before the rate limit
+    ip_filter: IpFilter | None = None
+    basic_auth: BasicAuth | None = None
+    jwt: Jwt | None = None
+    forward_auth: ForwardAuth | None = None
+    client_in_flight: ClientInFlight | None = None
 
     def check(self, report: Report) -> None:
         actions = [a for a in ("service", "split", "redirect", "respond") if getattr(self, a)]

@@ -30,6 +30,7 @@ cdef class Exchange:
     cdef public object route
     cdef public object service
     cdef public object gate
+    cdef public object guard
     cdef public object backend
     cdef public object last_backend
     cdef public object upstream_name
@@ -53,6 +54,7 @@ cdef class Exchange:
     cdef public object failure
 
     cpdef start(self)
+    cpdef admitted(self)
     cpdef forward(self)
     @cython.locals(info=RequestInfo)
     cpdef dispatch(self)

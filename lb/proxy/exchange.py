@@ -25,7 +25,7 @@ from .flow import PAUSE_BUFFER, PAUSE_UPSTREAM
 from .headers import RequestInfo, ResponseInfo
 
 if TYPE_CHECKING:
-    from ..hooks import Gate
+    from ..hooks import Gate, Guard
     from .side import Downstream, Upstream
 
 HEAD, ADMITTED, CONNECTING, SENT, STREAMING, TUNNEL, DONE = range(7)
@@ -40,8 +40,8 @@ class Exchange:
     # fmt: off
     __slots__ = (
         "_paused_upstream", "attempts", "backend", "body_buf", "body_bytes", "body_sent", "client",
-        "early", "failure", "gate", "http10", "info", "keep_alive", "last_backend", "method",
-        "path", "phase", "query", "redispatches", "replayable", "req_done", "resp_bytes",
+        "early", "failure", "gate", "guard", "http10", "info", "keep_alive", "last_backend",
+        "method", "path", "phase", "query", "redispatches", "replayable", "req_done", "resp_bytes",
         "response_done", "response_started", "retries", "retry_slots", "route", "service",
         "status", "t0", "t_upstream", "target", "trailers", "tried", "upgrade", "upstream",
         "upstream_name",
@@ -98,6 +98,7 @@ class Exchange:
         self.tried: list[Backend] | None = None  # backends that failed it, once one has
         self._paused_upstream = False
         self.gate: Gate | None = None
+        self.guard: Guard | None = None  # an edge policy holding a slot, left in _finish
         self.last_backend: Backend | None = None
 
     # -- starting -------------------------------------------------------------------------------
@@ -122,6 +123,15 @@ class Exchange:
             )
             self.reply(status, b"", [(b"location", location)])
             return
+        guard = route.guard
+        if guard is not None and not guard.admit(self):
+            return  # an edge policy refused it, or calls admitted() once it has decided
+        self.admitted()
+
+    def admitted(self) -> None:
+        """Past the edge policies: the rate limits, then the service."""
+        route = self.route
+        assert route is not None
         if route.limiter is not None and not route.limiter.admit(self):
             return  # the limiter answered 429, or calls forward() once it has decided
         self.forward()
@@ -590,6 +600,8 @@ class Exchange:
             svc.release(b)
         if self.gate is not None:
             self.gate.leave(self)
+        if self.guard is not None:
+            self.guard.leave(self)
         if self.retry_slots:
             self.route.retry.release(self.retry_slots)
         for observer in self.client.listener.runtime.observers:

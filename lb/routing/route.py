@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import model
 
 if TYPE_CHECKING:
-    from ..hooks import Admitter
+    from ..hooks import Admitter, Guard
     from ..observe.recorder import RouteStats
     from ..traffic.gates import RouteRetry
 
@@ -167,6 +167,7 @@ class Route:
     response_head_timeout: float | None = None
     idle_timeout: float | None = None
     max_body_size: int | None = None
+    guard: "Guard | None" = None  # set by the edge policies: who may come in
     limiter: "Admitter | None" = None  # set by traffic control: rate limits
     retry: "RouteRetry | None" = None  # set by traffic control: retry policy and budget
     redirect: model.Redirect | None = None

@@ -1,0 +1,107 @@
+"""The edge policies' schema: who may come in, and how much one client may take.
+
+Route fields (`routes[].ip_filter`, `basic_auth`, `forward_auth`, `jwt`, `client_in_flight`)
+and listener fields (`listeners[].ip_filter`, `jwt`, `max_connections_per_client`,
+`tls.client_auth`). A listener's policy applies to every route it serves, before the route's
+own; lb/edge compiles both into `Route.guard`.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .fieldtypes import Cidr, Duration, Positive, Report
+
+
+@dataclass
+class IpFilter:
+    # The client is the peer address, or behind trusted_proxies the right-most untrusted
+    # X-Forwarded-For hop, as the rate limiter's client_ip key. deny wins over allow; with an
+    # allow list, an address outside it is refused. Refused: 403.
+    allow: list[Cidr] = field(default_factory=list)
+    deny: list[Cidr] = field(default_factory=list)
+
+    def check(self, report: Report) -> None:
+        if not self.allow and not self.deny:
+            report("", "an ip_filter needs allow, deny or both")
+
+
+@dataclass
+class BasicAuth:
+    htpasswd: str  # bcrypt ($2y$) and SHA-crypt ($5$, $6$) lines, as `htpasswd -B` / `-2` write
+    realm: str = "lb"
+    # Forward the client's Authorization header to the backend (removed by default).
+    forward_authorization: bool = False
+    cache: Duration = 60.0  # how long a successful verification is remembered (0: never)
+
+
+@dataclass
+class ForwardAuth:
+    url: str  # http://host:port/path of the auth service
+    # Copied from the client's request onto the subrequest (besides method, URI, client address).
+    request_headers: list[str] = field(default_factory=lambda: ["authorization", "cookie"])
+    # Copied from a 2xx answer onto the forwarded request.
+    response_headers: list[str] = field(default_factory=list)
+    timeout: Duration = 2.0
+    on_error: Literal["deny", "allow"] = "deny"  # auth service down or slow: 503, or let in
+    cache: Duration = 0.0  # remember 2xx answers this long, keyed on cache_key (0: off)
+    cache_key: list[str] = field(default_factory=lambda: ["authorization", "cookie"])
+    max_idle: Positive = 16  # keep-alive connections kept to the auth service
+
+    def check(self, report: Report) -> None:
+        if not self.url.startswith("http://"):
+            report("url", "expected an http:// URL of the auth service")
+        if self.timeout <= 0:
+            report("timeout", "expected a positive duration")
+
+
+@dataclass
+class Jwt:
+    # Keys: exactly one of jwks_file, jwks_url (refreshed every jwks_refresh, the last good set
+    # kept when a refresh fails), secret_file (HS256).
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    jwks_refresh: Duration = 300.0
+    secret_file: str | None = None
+    algorithms: list[Literal["RS256", "ES256", "EdDSA", "HS256"]] = field(
+        default_factory=lambda: ["RS256", "ES256", "EdDSA"]
+    )
+    issuer: str | None = None
+    audiences: list[str] = field(default_factory=list)
+    clock_skew: Duration = 30.0  # leeway on exp and nbf
+    cookie: str | None = None  # read the token from this cookie when no Bearer header is sent
+    claims_to_headers: dict[str, str] = field(default_factory=dict)  # claim -> request header
+    forward_token: bool = True
+
+    def check(self, report: Report) -> None:
+        sources = [s for s in (self.jwks_file, self.jwks_url, self.secret_file) if s]
+        if len(sources) != 1:
+            report("", "a jwt policy needs exactly one of jwks_file, jwks_url, secret_file")
+        if self.secret_file and self.algorithms != ["HS256"]:
+            report("algorithms", "secret_file is for HS256: set algorithms: [HS256]")
+        if "HS256" in self.algorithms and not self.secret_file:
+            report("algorithms", "HS256 needs secret_file")
+
+
+@dataclass
+class ClientInFlight:
+    # At most `max` requests of one client key in flight on the route (Traefik InFlightReq).
+    max: Positive
+    key: list[str] = field(default_factory=lambda: ["client_ip"])  # as rate_limit's key
+    status: Literal[429, 503] = 429
+    max_keys: Positive = 100_000
+
+    def check(self, report: Report) -> None:
+        for k in self.key:
+            if k not in ("client_ip", "route") and not k.startswith("header:"):
+                report("key", f'expected client_ip, route or header:NAME, found "{k}"')
+
+
+@dataclass
+class ClientAuth:
+    # mTLS: `require` refuses the handshake without a certificate the CA bundle verifies;
+    # `request` asks for one and forwards what was verified.
+    mode: Literal["require", "request"]
+    ca: str  # PEM bundle of the CAs client certificates must chain to
+    # The verified subject and SANs, forwarded to backends in this header (and matchable
+    # in routes like any header); a client-sent header of that name is removed.
+    forward_header: str | None = "x-client-cert"
