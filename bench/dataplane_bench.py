@@ -97,7 +97,8 @@ async def measure(
     from lb.proxy.accept import Descriptors
     from lb.proxy.downstream import ClientConnection
     from lb.proxy.upstream import UpstreamConnection
-    from lb.runtime import ListenerRuntime, Runtime
+    from lb.proxy.listener import ListenerRuntime
+    from lb.runtime import Runtime
     from lb.traffic.control import install as install_traffic_control
 
     loop = asyncio.get_running_loop()

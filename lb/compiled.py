@@ -12,9 +12,13 @@ from importlib.machinery import EXTENSION_SUFFIXES, ModuleSpec
 from importlib.util import spec_from_file_location
 
 MODULES = (
+    "lb.routing.route",
+    "lb.balancer.backend",
+    "lb.balancer.service",
     "lb.proxy.timer",
     "lb.proxy.outbox",
     "lb.proxy.headers",
+    "lb.proxy.listener",
     "lb.proxy.side",
     "lb.proxy.upstream",
     "lb.proxy.exchange",

@@ -15,8 +15,9 @@ from .discovery.manager import install as install_discovery
 from .listeners import ListenerPlan, prepare_listeners
 from .observe import install as install_observability
 from .proxy.accept import Acceptor, Descriptors, raise_descriptor_limit
+from .proxy.listener import ListenerRuntime
 from .proxy.tcp.listener import TcpListenerRuntime
-from .runtime import ListenerRuntime, Runtime
+from .runtime import Runtime
 from .traffic.control import install as install_traffic_control
 
 log = logging.getLogger("lb")

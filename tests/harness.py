@@ -27,8 +27,9 @@ from typing import Any
 from lb.config import load
 from lb.proxy.accept import Descriptors
 from lb.proxy.downstream import ClientConnection
+from lb.proxy.listener import ListenerRuntime
 from lb.proxy.upstream import UpstreamConnection
-from lb.runtime import ListenerRuntime, Runtime
+from lb.runtime import Runtime
 
 
 class FakeHandle:

@@ -18,6 +18,15 @@ if TYPE_CHECKING:
 
 
 class Service:
+    # Compiled, an extension type (service.pxd); this names the same fields for the twin.
+    # fmt: off
+    __slots__ = (
+        "backends", "breaker", "by_slot", "caps", "clock", "config", "discovery", "fallback",
+        "gate", "h2", "head_timeout", "idle_timeout", "max_idle", "name", "on_change",
+        "outlier", "panic", "picker",
+    )
+    # fmt: on
+
     def __init__(
         self, name: str, config: model.Service, clock: Callable[[], float] = time.monotonic
     ) -> None:

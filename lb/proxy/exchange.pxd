@@ -1,7 +1,10 @@
 # Augmenting declarations for exchange.py: compiled, Exchange is an extension type.
 cimport cython
 
+from lb.balancer.backend cimport Backend
+from lb.balancer.service cimport Service
 from lb.proxy.side cimport Downstream, Upstream
+from lb.routing.route cimport Route
 from lb.proxy.headers cimport RequestInfo, ResponseInfo
 
 
@@ -27,12 +30,12 @@ cdef class Exchange:
     cdef public bint body_sent
     cdef public bint replayable
     # routing and balancing: where it goes, and what its attempts used up
-    cdef public object route
-    cdef public object service
+    cdef public Route route
+    cdef public Service service
     cdef public object gate
     cdef public object guard
-    cdef public object backend
-    cdef public object last_backend
+    cdef public Backend backend
+    cdef public Backend last_backend
     cdef public object upstream_name
     cdef public list tried
     cdef public long attempts

@@ -81,7 +81,7 @@ class Exchange:
         self.body_sent = False  # body bytes went to a backend that may have consumed them
         self.replayable = True
         # A request without a body is complete once its head is in.
-        self.req_done = not (info.chunked or info.content_length)
+        self.req_done = not (self.info.chunked or self.info.content_length)  # typed: C fields
         self.phase = HEAD
         self.response_started = False
         self.response_done = False

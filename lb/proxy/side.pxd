@@ -4,6 +4,7 @@ cimport cython
 
 from lb.proxy.exchange cimport Exchange
 from lb.proxy.headers cimport RequestInfo
+from lb.proxy.listener cimport ListenerRuntime
 from lb.proxy.outbox cimport Outbox, Writer
 from lb.proxy.timer cimport Deadline
 
@@ -12,7 +13,7 @@ cdef class Upstream
 
 
 cdef class Downstream(Writer):
-    cdef public object listener
+    cdef public ListenerRuntime listener
     cdef public object loop
     cdef public object peer_ip
     cdef public object grpc_status

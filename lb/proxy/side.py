@@ -23,9 +23,9 @@ from .outbox import Outbox, Writer
 from .timer import Deadline
 
 if TYPE_CHECKING:
-    from ..runtime import ListenerRuntime
     from .exchange import Exchange
     from .headers import RequestInfo
+    from .listener import ListenerRuntime
 
 
 class Downstream(Writer):

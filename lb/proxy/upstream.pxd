@@ -1,6 +1,7 @@
 # Augmenting declarations for upstream.py: compiled, UpstreamConnection is an extension type.
 cimport cython
 
+from lb.balancer.backend cimport Backend
 from lb.proxy.exchange cimport Exchange
 from lb.proxy.headers cimport (
     RequestInfo, add_lines, analyze_response, content_length_line, join_headers
@@ -11,7 +12,7 @@ from lb.proxy.timer cimport Deadline
 
 @cython.final
 cdef class UpstreamConnection(Upstream):
-    cdef public object backend
+    cdef public Backend backend
     cdef public object loop
     cdef public double idle_timeout
     cdef public object parser
@@ -38,4 +39,5 @@ cdef class UpstreamConnection(Upstream):
     cpdef on_message_complete(self)
 
 
-cpdef UpstreamConnection take_idle(backend)
+@cython.locals(conn=UpstreamConnection)
+cpdef UpstreamConnection take_idle(Backend backend)

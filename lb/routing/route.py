@@ -150,29 +150,57 @@ class Split:
         return None
 
 
-@dataclass(eq=False, slots=True)
 class Route:
-    name: str
-    config: model.Route
-    order: tuple[Any, ...]  # sort key: lower first
-    hosts: tuple[str, ...]
-    path_kind: str | None  # "exact" | "prefix" | "regex" | None
-    path_value: Any
-    condition: Condition | None
-    service: str | None = None
-    split: Split | None = None
-    rewrite: Callable[[str], str] | None = None
-    request_rules: HeaderRules | None = None
-    response_rules: HeaderRules | None = None
-    response_head_timeout: float | None = None
-    idle_timeout: float | None = None
-    max_body_size: int | None = None
-    guard: "Guard | None" = None  # set by the edge policies: who may come in
-    limiter: "Admitter | None" = None  # set by traffic control: rate limits
-    retry: "RouteRetry | None" = None  # set by traffic control: retry policy and budget
-    redirect: model.Redirect | None = None
-    fixed: tuple[int, Headers, bytes] | None = None  # `respond`: status, headers, body
-    stats: "RouteStats | None" = None  # per-route counters, attached by the metrics
+    """Compiled, an extension type (route.pxd): the request path reads these as C fields."""
+
+    # fmt: off
+    __slots__ = (
+        "condition", "config", "fixed", "guard", "hosts", "idle_timeout", "limiter",
+        "max_body_size", "name", "order", "path_kind", "path_value", "redirect",
+        "request_rules", "response_head_timeout", "response_rules", "retry", "rewrite",
+        "service", "split", "stats",
+    )
+    # fmt: on
+
+    def __init__(
+        self,
+        name: str,
+        config: model.Route,
+        order: tuple[Any, ...],  # sort key: lower first
+        hosts: tuple[str, ...],
+        path_kind: str | None,  # "exact" | "prefix" | "regex" | None
+        path_value: Any,
+        condition: Condition | None,
+        service: str | None = None,
+        rewrite: Callable[[str], str] | None = None,
+        request_rules: HeaderRules | None = None,
+        response_rules: HeaderRules | None = None,
+        response_head_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        max_body_size: int | None = None,
+        redirect: model.Redirect | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.order = order
+        self.hosts = hosts
+        self.path_kind = path_kind
+        self.path_value = path_value
+        self.condition = condition
+        self.service = service
+        self.split: Split | None = None
+        self.rewrite = rewrite
+        self.request_rules = request_rules
+        self.response_rules = response_rules
+        self.response_head_timeout = response_head_timeout
+        self.idle_timeout = idle_timeout
+        self.max_body_size = max_body_size
+        self.guard: Guard | None = None  # set by the edge policies: who may come in
+        self.limiter: Admitter | None = None  # set by traffic control: rate limits
+        self.retry: RouteRetry | None = None  # set by traffic control: retry policy, budget
+        self.redirect = redirect
+        self.fixed: tuple[int, Headers, bytes] | None = None  # `respond`: status, headers, body
+        self.stats: RouteStats | None = None  # per-route counters, attached by the metrics
 
     def path_ok(self, path: str) -> bool:
         kind = self.path_kind
