@@ -96,8 +96,8 @@ async def measure(
     from lb.observe.metrics import Metrics
     from lb.proxy.accept import Descriptors
     from lb.proxy.downstream import ClientConnection
-    from lb.proxy.upstream import UpstreamConnection
     from lb.proxy.listener import ListenerRuntime
+    from lb.proxy.upstream import UpstreamConnection
     from lb.runtime import Runtime
     from lb.traffic.control import install as install_traffic_control
 

@@ -1,6 +1,8 @@
 """The HTTP version as the request path reads it: from the parser's keep-alive verdict, and
 from the parser's version string only when Connection names close or keep-alive."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from lb.proxy.headers import BadRequest, analyze_request, http10_rules, is_http10
@@ -26,7 +28,7 @@ def _version_never_asked() -> str:
 def test_version(headers, keep_alive, version, http10):
     info = analyze_request(headers)
     ask = _version_never_asked if version is None else (lambda: version)
-    assert is_http10(info, keep_alive, ask) is http10
+    assert is_http10(info, keep_alive, SimpleNamespace(get_http_version=ask)) is http10
 
 
 def test_http10_rules():

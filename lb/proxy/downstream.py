@@ -196,7 +196,7 @@ class ClientConnection(Downstream):
             raise _Refuse(501)
         info = analyze_request(self._headers)
         keep_alive = parser.should_keep_alive()
-        http10 = is_http10(info, keep_alive, parser.get_http_version)
+        http10 = is_http10(info, keep_alive, parser)
         if http10:
             http10_rules(info)
         elif info.host is None:

@@ -26,7 +26,7 @@ cdef class ResponseInfo:
 cpdef bytes lower_name(bytes name)
 @cython.locals(info=RequestInfo, forward=list, item=tuple, name=bytes, value=bytes, lname=bytes, n=Py_ssize_t)
 cpdef RequestInfo analyze_request(list headers)
-cpdef bint is_http10(RequestInfo info, bint keep_alive, version) except -1
+cpdef bint is_http10(RequestInfo info, bint keep_alive, parser) except -1
 cpdef http10_rules(RequestInfo info)
 @cython.locals(info=ResponseInfo, forward=list, item=tuple, name=bytes, value=bytes, lname=bytes, n=Py_ssize_t)
 cpdef ResponseInfo analyze_response(list headers)

@@ -6,8 +6,8 @@ One pass over the header list per message; everything that does not depend on th
 
 import os
 import re
-from collections.abc import Callable
 from itertools import count
+from typing import Protocol
 
 HOP_BY_HOP = frozenset(
     {
@@ -57,6 +57,12 @@ def lower_name(name: bytes) -> bytes:
         if len(_LOWER) < 4096:  # bounded against clients that invent names
             _LOWER[name] = low
     return low
+
+
+class VersionSource(Protocol):
+    """What is_http10 asks of the parser (httptools' HttpRequestParser)."""
+
+    def get_http_version(self) -> str: ...
 
 
 class BadRequest(Exception):
@@ -157,14 +163,15 @@ def analyze_request(headers: list[tuple[bytes, bytes]]) -> RequestInfo:
     return info
 
 
-def is_http10(info: RequestInfo, keep_alive: bool, version: Callable[[], str]) -> bool:
-    """Whether the request is HTTP/1.0, mostly without asking the parser (`version`), whose
-    answer is a formatted string: llhttp keeps an HTTP/1.1 connection alive unless it says
-    close, and an HTTP/1.0 one only if it says keep-alive, so without those tokens the
-    parser's keep-alive verdict tells the version."""
+def is_http10(info: RequestInfo, keep_alive: bool, parser: VersionSource) -> bool:
+    """Whether the request is HTTP/1.0, mostly without asking the parser, whose answer is a
+    formatted string: llhttp keeps an HTTP/1.1 connection alive unless it says close, and an
+    HTTP/1.0 one only if it says keep-alive, so without those tokens the parser's keep-alive
+    verdict tells the version. The parser itself is passed: a bound method would be made
+    for every request."""
     if not info.connection_tokens:
         return not keep_alive
-    return version() < "1.1"
+    return parser.get_http_version() < "1.1"
 
 
 def http10_rules(info: RequestInfo) -> None:

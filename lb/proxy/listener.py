@@ -30,7 +30,7 @@ class ListenerRuntime:
     # fmt: on
 
     def __init__(
-        self, runtime: "Runtime", cfg: model.Listener, loop: asyncio.AbstractEventLoop
+        self, runtime: Runtime, cfg: model.Listener, loop: asyncio.AbstractEventLoop
     ) -> None:
         self.runtime = runtime
         self.loop = loop
