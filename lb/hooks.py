@@ -7,6 +7,11 @@ ones before it set up):
 1. traffic control (`lb.traffic.control.install`): `Route.limiter` (an `Admitter`),
    `Route.retry`, `Service.gate` (a `Gate`), backend breakers, and an `Observer` +
    `FailureHook` while some service needs outcomes;
+   then the network edge policies (`lb.edge.install_network.install`): `Route.guard` (a
+   `Guard`: IP allow/deny lists, in-flight caps per client), asked before `Route.limiter`,
+   reusing the rate limiter's client key; a guard already there runs after them.
+   Per-listener caps (`max_connections_per_client`, and `ip_filter` on tcp listeners) are
+   the listener runtimes' own, applied as they accept;
 2. the admin server, which the next step registers its metrics with;
 3. observability (`lb.observe.install`): the metrics `Observer` + `FailureHook` and the
    access-log `Observer`, each attached only while enabled, so that what is off costs nothing;
@@ -72,6 +77,8 @@ class ExchangeView(Protocol):
     def retries(self) -> int: ...
     @property
     def resp_bytes(self) -> int: ...
+    @property
+    def refused_by(self) -> str | None: ...
 
 
 class Observer(Protocol):
@@ -105,10 +112,14 @@ class Guard(Protocol):
     """`Route.guard`: the edge policies (who may come in), asked before the rate limits. True
     lets the exchange go on now; False means it answered the client itself (401, 403, ...) or
     calls `ex.admitted()` once it has decided (a verification off the loop, a subrequest). A
-    guard that holds something per exchange (an in-flight slot) sets `ex.guard` to itself
-    and is left exactly once in `Exchange._finish`."""
+    guard that holds something per exchange (an in-flight slot) sets `ex.guard` to a
+    `Holder` of it, left exactly once in `Exchange._finish`."""
 
     def admit(self, ex: "Exchange") -> bool: ...
+
+
+class Holder(Protocol):
+    """`ex.guard`: what an edge policy holds for one exchange until it finishes."""
 
     def leave(self, ex: "Exchange") -> None: ...
 

@@ -6,10 +6,18 @@ and listener fields (`listeners[].ip_filter`, `jwt`, `max_connections_per_client
 own; lb/edge compiles both into `Route.guard`.
 """
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from .fieldtypes import Cidr, Duration, Positive, Report
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Headers lb reads itself: a certificate carried in one would change framing or routing.
+_RESERVED = frozenset(
+    ("host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "expect")
+)
 
 
 @dataclass
@@ -105,3 +113,13 @@ class ClientAuth:
     # The verified subject and SANs, forwarded to backends in this header (and matchable
     # in routes like any header); a client-sent header of that name is removed.
     forward_header: str | None = "x-client-cert"
+
+    def check(self, report: Report) -> None:
+        if not os.path.isfile(self.ca):
+            report("ca", f'file not found: "{self.ca}"')
+        header = self.forward_header
+        if header is not None:
+            if not _TOKEN.fullmatch(header):
+                report("forward_header", f'expected a header name, found "{header}"')
+            elif header.lower() in _RESERVED:
+                report("forward_header", f'"{header}" is a header lb itself reads')

@@ -222,6 +222,7 @@ class Listener:
             "rate_limit": self.rate_limit is not None,
             "protocols": "protocols" in marks(self),
             "http2": self.http2 is not None,
+            "jwt": self.jwt is not None,
         }
         for name, given in http_only.items():
             if given:

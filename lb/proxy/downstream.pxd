@@ -11,6 +11,7 @@ from lb.proxy.timer cimport Deadline
 @cython.final
 cdef class ClientConnection(Downstream):
     cdef public object parser
+    cdef public object client_cert
     cdef public Exchange current
     cdef public object queue
     cdef public Exchange _req

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from ..edge.mtls import peer_description, with_client_cert
 from . import responses
 from .exchange import DONE, Exchange
 from .flow import PAUSE_BUFFER, PAUSE_QUEUE
@@ -65,6 +66,7 @@ class ClientConnection(Downstream):
         "_trailers",
         "_url",
         "chunked_out",
+        "client_cert",
         "close_after",
         "closing",
         "current",
@@ -94,6 +96,7 @@ class ClientConnection(Downstream):
         self.lingering = False
         self.tunnel: Any = None
         self.deadline = Deadline(self.loop, self._on_timeout)
+        self.client_cert: bytes | None = None  # mTLS: what the listener forwards about it
 
     # -- transport events -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,6 +104,8 @@ class ClientConnection(Downstream):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = str(peer[0]).encode()
+        if self.listener.client_cert_header is not None:
+            self.client_cert = peer_description(transport)
         self.listener.opened(self)
         self.deadline.set(self.listener.timeouts.client_head, "head")
 
@@ -194,6 +199,9 @@ class ClientConnection(Downstream):
         method = parser.get_method()
         if method == b"CONNECT":
             raise _Refuse(501)
+        cert_header = self.listener.client_cert_header
+        if cert_header is not None:  # mTLS: routed and forwarded like the client's headers
+            self._headers = with_client_cert(self._headers, cert_header, self.client_cert)
         info = analyze_request(self._headers)
         keep_alive = parser.should_keep_alive()
         http10 = is_http10(info, keep_alive, parser)

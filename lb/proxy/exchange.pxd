@@ -34,6 +34,7 @@ cdef class Exchange:
     cdef public Service service
     cdef public object gate
     cdef public object guard
+    cdef public object refused_by
     cdef public Backend backend
     cdef public Backend last_backend
     cdef public object upstream_name

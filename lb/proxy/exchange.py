@@ -25,7 +25,7 @@ from .flow import PAUSE_BUFFER, PAUSE_UPSTREAM
 from .headers import RequestInfo, ResponseInfo
 
 if TYPE_CHECKING:
-    from ..hooks import Gate, Guard
+    from ..hooks import Gate, Holder
     from .side import Downstream, Upstream
 
 HEAD, ADMITTED, CONNECTING, SENT, STREAMING, TUNNEL, DONE = range(7)
@@ -41,10 +41,10 @@ class Exchange:
     __slots__ = (
         "_paused_upstream", "attempts", "backend", "body_buf", "body_bytes", "body_sent", "client",
         "early", "failure", "gate", "guard", "http10", "info", "keep_alive", "last_backend",
-        "method", "path", "phase", "query", "redispatches", "replayable", "req_done", "resp_bytes",
-        "response_done", "response_started", "retries", "retry_slots", "route", "service",
-        "status", "t0", "t_upstream", "target", "trailers", "tried", "upgrade", "upstream",
-        "upstream_name",
+        "method", "path", "phase", "query", "redispatches", "refused_by", "replayable", "req_done",
+        "resp_bytes", "response_done", "response_started", "retries", "retry_slots", "route",
+        "service", "status", "t0", "t_upstream", "target", "trailers", "tried", "upgrade",
+        "upstream", "upstream_name",
     )
     # fmt: on
 
@@ -98,7 +98,8 @@ class Exchange:
         self.tried: list[Backend] | None = None  # backends that failed it, once one has
         self._paused_upstream = False
         self.gate: Gate | None = None
-        self.guard: Guard | None = None  # an edge policy holding a slot, left in _finish
+        self.guard: Holder | None = None  # an edge policy holding a slot, left in _finish
+        self.refused_by: str | None = None  # the edge policy that answered it, if one did
         self.last_backend: Backend | None = None
 
     # -- starting -------------------------------------------------------------------------------

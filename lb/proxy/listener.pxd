@@ -27,3 +27,5 @@ cdef class ListenerRuntime:
     cdef public object h2_settings
     cdef public double h2_idle
     cdef public Route forced_route
+    cdef public object client_caps
+    cdef public bytes client_cert_header

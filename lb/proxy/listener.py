@@ -9,6 +9,7 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from ..config import model
+from ..edge.client_caps import ConnectionCaps, connection_caps
 from ..routing.route import Route, compile_route
 from .tls import TlsSwitch
 
@@ -23,9 +24,10 @@ class ListenerRuntime:
     # Compiled, an extension type (listener.pxd); this names the same fields for the twin.
     # fmt: off
     __slots__ = (
-        "accepted", "cfg", "connections", "default_host", "forced_route", "h2", "h2_idle",
-        "h2_settings", "http1", "http2", "loop", "max_body_size", "max_header_size", "name",
-        "proto_header", "runtime", "scheme", "timeouts", "tls", "tunnels",
+        "accepted", "cfg", "client_caps", "client_cert_header", "connections", "default_host",
+        "forced_route", "h2", "h2_idle", "h2_settings", "http1", "http2", "loop",
+        "max_body_size", "max_header_size", "name", "proto_header", "runtime", "scheme",
+        "timeouts", "tls", "tunnels",
     )
     # fmt: on
 
@@ -38,6 +40,7 @@ class ListenerRuntime:
         self.connections: set[ClientConnection] = set()
         self.tunnels: set[Any] = set()
         self.accepted = 0
+        self.client_caps: ConnectionCaps | None = None
         self.configure(cfg)
 
     def configure(self, cfg: model.Listener) -> None:
@@ -48,6 +51,16 @@ class ListenerRuntime:
         self.max_body_size = cfg.limits.max_body_size
         self.scheme = "https" if cfg.tls else "http"
         self.proto_header = (b"x-forwarded-proto", self.scheme.encode())
+        self.client_caps = connection_caps(
+            self.client_caps,
+            cfg.name,
+            cfg.max_connections_per_client,
+            self.runtime.counters["client_connections_refused"],
+        )
+        # mTLS: the header that carries the verified client certificate (lb/edge/mtls.py)
+        auth = cfg.tls.client_auth if cfg.tls is not None else None
+        header = auth.forward_header if auth is not None else None
+        self.client_cert_header = header.lower().encode("latin-1") if header else None
         self.default_host = f"{cfg.bind[0]}:{cfg.bind[1]}".encode()
         self.http1 = "http1" in cfg.protocols
         self.h2 = "h2" in cfg.protocols  # then a ProtocolChooser takes each connection first
@@ -68,9 +81,18 @@ class ListenerRuntime:
 
     def accept(self, sock: socket.socket) -> None:
         """A connection the listener's Acceptor took (and counted in `runtime.descriptors`)."""
-        self.loop.create_task(self._start(sock, self.tls.root if self.tls is not None else None))
+        caps = self.client_caps
+        ip = b""
+        if caps is not None:
+            ip = peer_ip(sock)
+            if not ip or not caps.enter(ip):
+                sock.close()  # gone already, or at the client's cap: no byte either way
+                self.runtime.descriptors.release()
+                return
+        tls = self.tls.root if self.tls is not None else None
+        self.loop.create_task(self._start(sock, tls, ip))
 
-    async def _start(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
+    async def _start(self, sock: socket.socket, tls: ssl.SSLContext | None, ip: bytes) -> None:
         conn: Any
         if self.h2:
             from .http2.choose import ProtocolChooser
@@ -88,7 +110,7 @@ class ListenerRuntime:
             # A failed TLS handshake, say; the transport closed the socket. A connection that
             # started gives its descriptor back when it closes, one that did not, here.
             if conn.transport is None:
-                self.runtime.descriptors.release()
+                self.gone(ip)
 
     def opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
@@ -96,4 +118,18 @@ class ListenerRuntime:
 
     def closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
+        self.gone(conn.peer_ip)
+
+    def gone(self, ip: bytes) -> None:
+        """An accepted connection from `ip` has closed, whether or not a protocol took it."""
         self.runtime.descriptors.release()
+        if self.client_caps is not None:
+            self.client_caps.leave(ip)
+
+
+def peer_ip(sock: socket.socket) -> bytes:
+    """The peer's address as the connections spell it (`peer_ip`); b"" once it has gone."""
+    try:
+        return str(sock.getpeername()[0]).encode()
+    except OSError:
+        return b""

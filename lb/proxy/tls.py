@@ -1,8 +1,10 @@
-"""TLS for listeners: certificates picked by SNI, minimum version, ALPN (h2, http/1.1)."""
+"""TLS for listeners: certificates picked by SNI, minimum version, ALPN (h2, http/1.1), and
+client certificates (mTLS, lb/edge/mtls.py)."""
 
 import ssl
 
 from ..config import model
+from ..edge.mtls import verify_clients
 
 _HTTP1 = ("http/1.1",)
 
@@ -13,12 +15,16 @@ def alpn_for(protocols: list[str]) -> list[str]:
 
 
 def _context(
-    cert: model.Certificate, min_version: str, alpn: tuple[str, ...] = _HTTP1
+    cert: model.Certificate, tls: model.ListenerTls, alpn: tuple[str, ...] = _HTTP1
 ) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
     ctx.load_cert_chain(cert.cert, cert.key)
     ctx.set_alpn_protocols(list(alpn))  # every context: the one SNI picks answers ALPN
+    if tls.client_auth is not None:
+        verify_clients(ctx, tls.client_auth)  # every context: the one SNI picks verifies
     return ctx
 
 
@@ -37,15 +43,11 @@ class SniContexts:
     """The first certificate is the default; the others are chosen by the client's SNI."""
 
     def __init__(self, tls: model.ListenerTls, alpn: tuple[str, ...] = _HTTP1) -> None:
-        self.default = _context(tls.certificates[0], tls.min_version, alpn)
+        self.default = _context(tls.certificates[0], tls, alpn)
         self.exact: dict[str, ssl.SSLContext] = {}
         self.wild: dict[str, ssl.SSLContext] = {}
         for cert in tls.certificates:
-            ctx = (
-                self.default
-                if cert is tls.certificates[0]
-                else _context(cert, tls.min_version, alpn)
-            )
+            ctx = self.default if cert is tls.certificates[0] else _context(cert, tls, alpn)
             for name in _names(cert.cert):
                 if name.startswith("*."):
                     self.wild.setdefault(name[1:], ctx)
@@ -61,7 +63,7 @@ class TlsSwitch:
     def __init__(self, tls: model.ListenerTls, protocols: list[str] | None = None) -> None:
         alpn = tuple(alpn_for(protocols)) if protocols else _HTTP1
         self.current = SniContexts(tls, alpn)
-        self.root = _context(tls.certificates[0], tls.min_version, alpn)
+        self.root = _context(tls.certificates[0], tls, alpn)
         self.root.sni_callback = self._pick
 
     def _pick(self, sock: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:

@@ -47,7 +47,9 @@ class ProtocolChooser(asyncio.Protocol):
         # Never handed over: the descriptor the acceptor counted is given back here.
         if self._timer is not None:
             self._timer.cancel()
-        self.listener.runtime.descriptors.release()
+        # Its client's address as connections spell it: a per-client count is given back too.
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        self.listener.gone(str(peer[0]).encode() if peer else b"")
 
     def _hand_over(self, h2: bool) -> None:
         if self._timer is not None:

@@ -10,6 +10,7 @@ cdef class H2Connection(Writer):
     cdef public object listener
     cdef public object loop
     cdef public object peer_ip
+    cdef public object client_cert
     cdef public dict streams
     cdef public object session
     cdef public long max_requests

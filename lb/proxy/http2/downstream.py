@@ -27,6 +27,7 @@ from typing import Any
 
 from lb import _h2
 
+from ...edge.mtls import peer_description, with_client_cert
 from ..downstream import _route_host
 from ..exchange import Exchange
 from ..headers import BadRequest
@@ -50,6 +51,7 @@ class H2Connection(Writer):
         "_got",
         "_queued",
         "_resets",
+        "client_cert",
         "closing",
         "deadline",
         "draining",
@@ -72,6 +74,7 @@ class H2Connection(Writer):
         self.listener = listener
         self.loop = listener.loop
         self.peer_ip = b"unknown"
+        self.client_cert: bytes | None = None  # mTLS: what the listener forwards about it
         self.streams: dict[int, H2Stream] = {}
         self.session = _h2.Session(self, server=True, settings=listener.h2_settings)
         h2 = listener.http2
@@ -95,6 +98,8 @@ class H2Connection(Writer):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = str(peer[0]).encode()
+        if self.listener.client_cert_header is not None:
+            self.client_cert = peer_description(transport)
         self.listener.opened(self)
         self.deadline.set(self.listener.timeouts.client_head, "head")
         self.kick()  # our SETTINGS
@@ -230,6 +235,9 @@ class H2Connection(Writer):
             self._refuse(st, 500)
 
     def _start(self, st: H2Stream, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        cert_header = self.listener.client_cert_header
+        if cert_header is not None:  # mTLS: routed and forwarded like the client's headers
+            headers = with_client_cert(headers, cert_header, self.client_cert)
         method, path, info, regular = request_head(headers, end_stream)
         st.expected = info.content_length
         st.grpc = is_grpc_request(regular)

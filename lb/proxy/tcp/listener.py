@@ -17,6 +17,8 @@ import socket
 from typing import TYPE_CHECKING
 
 from ...config import model
+from ...edge.client_caps import ConnectionCaps, connection_caps
+from ...edge.ipfilter import IpRule
 from ..tls import TlsSwitch
 from .proxy import TcpConnection
 
@@ -69,6 +71,8 @@ class TcpListenerRuntime:
         self.tls: TlsSwitch | None = None  # always None: TLS is passed through, not ended
         self.connections: set[TcpConnection] = set()
         self.accepted = 0
+        self.client_caps: ConnectionCaps | None = None
+        self.ip_rule: IpRule | None = None
         self.configure(cfg)
 
     def configure(self, cfg: model.Listener) -> None:
@@ -78,6 +82,17 @@ class TcpListenerRuntime:
         self.service = cfg.service
         self.passthrough = cfg.tls_passthrough
         self.routes = SniRoutes(cfg.sni_routes, cfg.default_service)
+        # Edge policies at L4, on the peer address, as each connection is accepted.
+        refused = self.runtime.counters["client_connections_refused"]
+        self.client_caps = connection_caps(
+            self.client_caps, cfg.name, cfg.max_connections_per_client, refused
+        )
+        ipf = cfg.ip_filter
+        if ipf is None:
+            self.ip_rule = None
+        elif self.ip_rule is None or self.ip_rule.cfg != ipf:
+            self.ip_rule = IpRule(ipf)  # the same lists keep their compiled form and memo
+        self._ip_refused = (cfg.name, "ip_filter")
         self.proxy_protocol = cfg.proxy_protocol
         self.networks: tuple[Network, ...] = tuple(
             ipaddress.ip_network(c, strict=False) for c in cfg.trusted_proxies
@@ -100,9 +115,27 @@ class TcpListenerRuntime:
     # -- connections ----------------------------------------------------------------------------
     def accept(self, sock: socket.socket) -> None:
         """A connection the listener's Acceptor took (and counted in `runtime.descriptors`)."""
-        self.loop.create_task(self._start(sock))
+        caps, rule = self.client_caps, self.ip_rule
+        ip = b""
+        if caps is not None or rule is not None:
+            try:
+                ip = str(sock.getpeername()[0]).encode()
+            except OSError:
+                ip = b""  # gone already
+            if not ip:
+                refused = True
+            elif rule is not None and not rule.admits(ip):
+                self.runtime.counters["client_connections_refused"][self._ip_refused] += 1
+                refused = True
+            else:
+                refused = caps is not None and not caps.enter(ip)
+            if refused:
+                sock.close()  # no byte either way
+                self.runtime.descriptors.release()
+                return
+        self.loop.create_task(self._start(sock, ip))
 
-    async def _start(self, sock: socket.socket) -> None:
+    async def _start(self, sock: socket.socket, ip: bytes) -> None:
         conn = TcpConnection(self)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -112,7 +145,7 @@ class TcpListenerRuntime:
             # not, here.
             if conn.client.transport is None:
                 sock.close()
-                self.runtime.descriptors.release()
+                self._gone(ip)
 
     def opened(self, conn: TcpConnection) -> None:
         self.connections.add(conn)
@@ -120,4 +153,9 @@ class TcpListenerRuntime:
 
     def closed(self, conn: TcpConnection) -> None:
         self.connections.discard(conn)
+        self._gone(conn.peer[0].encode())
+
+    def _gone(self, ip: bytes) -> None:
         self.runtime.descriptors.release()
+        if self.client_caps is not None:
+            self.client_caps.leave(ip)
