@@ -32,11 +32,27 @@ MODULES = (
     "lb.traffic.gates",
     "lb.traffic.admission",
     "lb.traffic.control",
-    # HTTP/2 toward clients: importable only where lb._h2 is built (the rest never needs it)
+    # HTTP/2 toward clients; those in NEEDS_H2 import only where lb._h2 is built (the rest
+    # never needs them)
+    "lb.proxy.http2.request",
+    "lb.proxy.http2.session_io",
     "lb.proxy.http2.stream",
     "lb.proxy.http2.downstream",
+    # HTTP/2 toward backends (services.NAME.protocol: h2)
+    "lb.proxy.http2.backend_stream",
+    "lb.proxy.http2.backend_connection",
+    "lb.proxy.http2.upstream",
 )
-NEEDS_H2 = frozenset(("lb.proxy.http2.stream", "lb.proxy.http2.downstream"))
+NEEDS_H2 = frozenset(
+    (
+        "lb.proxy.http2.session_io",
+        "lb.proxy.http2.stream",
+        "lb.proxy.http2.downstream",
+        "lb.proxy.http2.backend_stream",
+        "lb.proxy.http2.backend_connection",
+        "lb.proxy.http2.upstream",
+    )
+)
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

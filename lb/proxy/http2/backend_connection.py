@@ -3,23 +3,24 @@
 ALPN h2.
 
 It routes the session's callbacks to the streams, takes the session's output once per loop
-iteration (the outbox), and ends itself: idle once no stream is left (closed after the pool's
-idle timeout, at once when draining after a GOAWAY or when its backend left). A lost
-connection loses every stream on it. Opening it, and handing it requests, is the pool's job
-(upstream.py).
+iteration (the outbox, through session_io.py as a client connection does), and ends itself:
+idle once no stream is left (closed after the pool's idle timeout, at once when draining after
+a GOAWAY or when its backend left). A lost connection loses every stream on it. Opening it,
+and handing it requests, is the pool's job (upstream.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lb import _h2
 
-from ..outbox import Writer
+from ..outbox import Outbox
 from ..timer import Deadline
 from .backend_stream import H2UpstreamStream
+from .session_io import SessionIO
 
 if TYPE_CHECKING:
     from ..exchange import Exchange
@@ -30,51 +31,40 @@ H2Error = _h2.H2Error
 _SETTINGS = {"initial_window_size": 1 << 18, "connection_window_size": 1 << 22}
 
 
-class H2BackendConnection(Writer):
+class H2BackendConnection(SessionIO):
     """One HTTP/2 connection to a backend: the Protocol, the Session and its streams."""
 
     __slots__ = (
         "_first",
-        "_queued",
-        "closing",
         "deadline",
         "draining",
         "failed",
         "idle_timeout",
-        "loop",
         "pending",
         "pool",
         "ready",
         "ready_future",
         "scheme",
-        "session",
-        "streams",
         "task",
         "used",
-        "write_paused",
     )
 
     def __init__(
-        self, pool: H2Pool, loop: asyncio.AbstractEventLoop, outbox: Any, idle_timeout: float
+        self, pool: H2Pool, loop: asyncio.AbstractEventLoop, outbox: Outbox, idle_timeout: float
     ) -> None:
-        Writer.__init__(self, outbox)
+        SessionIO.__init__(self, outbox, loop)
         self.pool = pool
-        self.loop = loop
         self.idle_timeout = idle_timeout
         self.session = _h2.Session(self, server=False, settings=_SETTINGS)
-        self.streams: dict[int, H2UpstreamStream] = {}
         self.pending: list[Exchange] = []  # waiting for the connection to be ready
         self.ready = False  # connected, and the peer's SETTINGS are in
         self.failed = False
-        self.closing = False
         self.draining = False  # a GOAWAY came: no new streams
-        self.write_paused = False
         self.used = 0  # streams started on it
         self.scheme = b"http"
         self.task: asyncio.Task[None] | None = None
         self.ready_future: asyncio.Future[None] = loop.create_future()
         self._first = b""  # the peer's first bytes until its SETTINGS frame is complete
-        self._queued = False
         self.deadline = Deadline(loop, self._on_timeout)
 
     # -- streams --------------------------------------------------------------------------------
@@ -103,31 +93,18 @@ class H2BackendConnection(Writer):
         self.kick()  # the preface and our SETTINGS
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closing:
-            self.closing = True
+        self.closing = True
         self.pool.backend.open_conns -= 1
         self.deadline.cancel()
-        self.discard_output()
         self.leave_pool()
         if not self.ready_future.done():
             self.ready_future.set_exception(ConnectionError("closed before SETTINGS"))
-        try:
-            self.session.close()  # every stream's on_stream_close: their exchanges learn
-        except Exception:
-            log.exception("internal error closing an HTTP/2 backend connection")
-        self.streams.clear()
+        self.close_session()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        try:
-            self.session.receive(data)
-        except H2Error as exc:
-            log.debug("HTTP/2 connection error from backend %s: %s", self.pool.backend.name, exc)
-            self.closing = True
-        except Exception:
-            log.error("internal error handling HTTP/2 backend input", exc_info=True)
-            self.closing = True
+        self.receive(data, self.pool.backend.name)
         if not self.ready_future.done():
             first = self._first + data
             # The server's preface is a SETTINGS frame: ready once it is all in.
@@ -140,52 +117,6 @@ class H2BackendConnection(Writer):
 
     def eof_received(self) -> bool | None:
         return None
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self.kick()
-
-    # -- output ---------------------------------------------------------------------------------
-    def kick(self) -> None:
-        if not self._queued:
-            self._queued = True
-            self.outbox.add(self)
-
-    def flush(self) -> None:
-        self._queued = False
-        s = self.session
-        t = self.transport
-        if not self.write_paused:
-            try:
-                data = s.output()
-            except Exception:
-                log.error("internal error sending HTTP/2 output", exc_info=True)
-                self.closing = True
-                data = s.output()
-            if data:
-                self._out.append(data)
-                self._out_bytes += len(data)
-            Writer.flush(self)
-        closing = self.closing or s.is_closed()
-        if closing and t is not None and not self.write_paused and not t.is_closing():
-            t.close()
-
-    def reset(self, sid: int, code: int) -> None:
-        try:
-            self.session.reset_stream(sid, code)
-        except H2Error:
-            pass
-        self.kick()
-
-    def consume(self, sid: int, n: int) -> None:
-        try:
-            self.session.consume(sid, n)
-        except H2Error:
-            return
-        self.kick()
 
     # -- session callbacks ----------------------------------------------------------------------
     def on_headers(self, sid: int, headers: list[tuple[bytes, bytes]], end_stream: bool) -> None:

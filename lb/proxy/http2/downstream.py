@@ -3,7 +3,8 @@
 `H2Connection` owns the transport and the libnghttp2 `Session` (lb._h2); each request stream
 becomes an `H2Stream`, the side its `Exchange` answers through, exactly as it answers an
 HTTP/1.1 connection. Output is the session's: whatever the streams submit is taken from it
-once per loop iteration (the outbox), so the frames of many streams leave in one write. A new
+once per loop iteration (the outbox; session_io.py, shared with the backend side), so the
+frames of many streams leave in one write. A new
 stream's request head is validated and translated by request.py; it is routed here.
 
 Flow control both ways is the binding's: received DATA is acknowledged (`consume`) once the
@@ -31,9 +32,9 @@ from ...edge.mtls import peer_description, with_client_cert
 from ..downstream import _route_host
 from ..exchange import Exchange
 from ..headers import BadRequest
-from ..outbox import Writer
 from ..timer import Deadline
-from .request import Reset, is_grpc_request, request_head, split_target
+from .request import Reset, request_head
+from .session_io import SessionIO
 from .stream import H2Stream
 
 log = logging.getLogger("lb.proxy")
@@ -44,38 +45,30 @@ H2Error = _h2.H2Error
 _NOTICE_RTT = 1.0
 
 
-class H2Connection(Writer):
+class H2Connection(SessionIO):
     """An HTTP/2 client connection: the Protocol, the Session and its streams."""
 
     __slots__ = (
         "_got",
-        "_queued",
         "_resets",
         "client_cert",
-        "closing",
         "deadline",
         "draining",
         "goaway_sent",
         "listener",
-        "loop",
         "max_requests",
         "peer_ip",
         "ping_interval",
         "ping_timeout",
         "pinger",
         "requests",
-        "session",
-        "streams",
-        "write_paused",
     )
 
     def __init__(self, listener: Any) -> None:
-        Writer.__init__(self, listener.runtime.outbox)
+        SessionIO.__init__(self, listener.runtime.outbox, listener.loop)
         self.listener = listener
-        self.loop = listener.loop
         self.peer_ip = b"unknown"
         self.client_cert: bytes | None = None  # mTLS: what the listener forwards about it
-        self.streams: dict[int, H2Stream] = {}
         self.session = _h2.Session(self, server=True, settings=listener.h2_settings)
         h2 = listener.http2
         self.max_requests = h2.max_requests_per_connection  # 0: unlimited
@@ -83,13 +76,10 @@ class H2Connection(Writer):
         self.ping_interval = h2.ping_interval or 0.0
         self.ping_timeout = h2.ping_timeout
         self.pinger = Deadline(self.loop, self._on_ping) if self.ping_interval else None
-        self._queued = False
         self._resets: list[int] = []
         self._got = 0  # bytes received while waiting for the preface; -1 after it
-        self.closing = False
         self.draining = False
         self.goaway_sent = False
-        self.write_paused = False
         self.deadline = Deadline(self.loop, self._on_timeout)
 
     # -- transport events -----------------------------------------------------------------------
@@ -110,24 +100,12 @@ class H2Connection(Writer):
         if self.pinger is not None:
             self.pinger.cancel()
         self.listener.closed(self)
-        self.discard_output()
-        try:
-            self.session.close()  # every stream's close: their exchanges learn the client left
-        except Exception:
-            log.exception("internal error closing an HTTP/2 connection")
-        self.streams.clear()
+        self.close_session()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        try:
-            self.session.receive(data)
-        except H2Error as exc:
-            log.debug("HTTP/2 connection error from %s: %s", self.peer_ip, exc)
-            self.closing = True
-        except Exception:
-            log.error("internal error handling HTTP/2 input", exc_info=True)
-            self.closing = True
+        self.receive(data, self.peer_ip)
         if self._got >= 0:
             self._got += len(data)
             if self._got >= 33:  # the preface and a frame header: the client speaks HTTP/2
@@ -156,33 +134,13 @@ class H2Connection(Writer):
         self.kick()
 
     # -- output ---------------------------------------------------------------------------------
-    def kick(self) -> None:
-        """Output waits in the session: take it at the end of this loop iteration."""
-        if not self._queued:
-            self._queued = True
-            self.outbox.add(self)
-
-    def flush(self) -> None:
-        self._queued = False
+    def take_output(self) -> bytes:
         s = self.session
-        t = self.transport
-        if not self.write_paused:
-            try:
-                data = s.output()
-                if self._resets:
-                    self._reset_sent()
-                    data += s.output()
-            except Exception:
-                log.error("internal error sending HTTP/2 output", exc_info=True)
-                self.closing = True
-                data = s.output()
-            if data:
-                self._out.append(data)
-                self._out_bytes += len(data)
-            Writer.flush(self)
-        closing = self.closing or s.is_closed()
-        if closing and t is not None and not self.write_paused and not t.is_closing():
-            t.close()  # after what is buffered, the GOAWAY included
+        data = s.output()
+        if self._resets:
+            self._reset_sent()
+            data += s.output()
+        return data
 
     def _reset_sent(self) -> None:
         s = self.session
@@ -196,20 +154,6 @@ class H2Connection(Writer):
 
     def reset_after_output(self, sid: int) -> None:
         self._resets.append(sid)
-        self.kick()
-
-    def reset(self, sid: int, code: int) -> None:
-        try:
-            self.session.reset_stream(sid, code)
-        except H2Error:
-            pass
-        self.kick()
-
-    def consume(self, sid: int, n: int) -> None:
-        try:
-            self.session.consume(sid, n)
-        except H2Error:
-            return
         self.kick()
 
     # -- session callbacks ----------------------------------------------------------------------
@@ -238,15 +182,26 @@ class H2Connection(Writer):
         cert_header = self.listener.client_cert_header
         if cert_header is not None:  # mTLS: routed and forwarded like the client's headers
             headers = with_client_cert(headers, cert_header, self.client_cert)
-        method, path, info, regular = request_head(headers, end_stream)
+        head = request_head(headers, end_stream)
+        info = head.info
         st.expected = info.content_length
-        st.grpc = is_grpc_request(regular)
-        target, spath, query = split_target(path)
+        st.grpc = head.grpc
         listener = self.listener
         route = listener.forced_route or listener.runtime.table.lookup(
-            _route_host(info.host), method, spath, query, regular
+            _route_host(info.host), head.method, head.path, head.query, head.regular
         )
-        ex = Exchange(st, method, target, spath, query, info, False, True, route, monotonic())
+        ex = Exchange(
+            st,
+            head.method,
+            head.target,
+            head.path,
+            head.query,
+            info,
+            False,
+            True,
+            route,
+            monotonic(),
+        )
         st.ex = ex
         limit = st.body_limit(ex)
         if limit is not None and (info.content_length or 0) > limit:

@@ -1,5 +1,6 @@
 """An HTTP/2 request head (RFC 9113 8.3), validated and translated into what an exchange takes:
-the method, the target, its routing path, and a `RequestInfo` as an HTTP/1.1 head would give.
+the method, the target, its routing path, and a `RequestInfo` as an HTTP/1.1 head would give
+(a `RequestHead`).
 
 Pseudo-headers come first, once each and only the four of a request; field names are lower
 case; `:authority` stands for Host (and must agree with one that is given); cookies split over
@@ -9,7 +10,7 @@ reset with PROTOCOL_ERROR); one that is well formed but refused raises `BadReque
 
 from .. import grpc
 from ..downstream import _normalize
-from ..headers import BadRequest, RequestInfo, analyze_request
+from ..headers import BadRequest, analyze_request
 
 _PSEUDO = (b":method", b":scheme", b":authority", b":path")
 
@@ -18,16 +19,21 @@ class Reset(Exception):
     """A malformed request (RFC 9113 8.1.1): reset the stream with PROTOCOL_ERROR."""
 
 
-def request_head(
-    headers: list[tuple[bytes, bytes]], end_stream: bool
-) -> tuple[bytes, bytes, RequestInfo, list[tuple[bytes, bytes]]]:
-    """The method, the :path, the request's info and its regular fields (cookies joined)."""
+class RequestHead:
+    """What a stream's exchange is made of: `method`; `target`, the :path to forward (dot
+    segments removed); `path` and `query`, as routing sees them; `info`; `regular`, the fields
+    (cookies joined); `grpc`, whether the (first) content-type says gRPC."""
+
+    __slots__ = ("grpc", "info", "method", "path", "query", "regular", "target")
+
+
+def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool) -> RequestHead:
     method = scheme = authority = path = None
     regular: list[tuple[bytes, bytes]] = []
     cookies: list[bytes] = []
     for item in headers:
         name = item[0]
-        if name[:1] == b":":
+        if name.startswith(b":"):  # compiled, a slice would make a new object
             if regular or cookies or name not in _PSEUDO:
                 raise Reset
             if name == b":method":
@@ -48,7 +54,7 @@ def request_head(
                 authority = item[1]
         elif name == b"cookie":
             cookies.append(item[1])
-        elif name != name.lower():
+        elif not name.islower() and name != name.lower():  # islower() first: no new bytes
             raise Reset
         else:
             regular.append(item)
@@ -56,7 +62,7 @@ def request_head(
         raise BadRequest(501, "CONNECT is not supported")
     if method is None or scheme is None or not path:
         raise Reset
-    if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
+    if not path.startswith(b"/") and not (path == b"*" and method == b"OPTIONS"):
         raise Reset
     if cookies:
         regular.append((b"cookie", b"; ".join(cookies)))  # RFC 9113 8.2.3
@@ -72,23 +78,28 @@ def request_head(
         raise BadRequest(400, "request without :authority or Host")
     if info.content_length is None and not end_stream:
         info.chunked = True  # a body of unknown length: chunked toward HTTP/1.1
-    return method, path, info, regular
+    head = RequestHead()
+    head.method = method
+    head.info = info
+    head.regular = regular
+    head.grpc = _is_grpc(regular)
+    _split_target(head, path)
+    return head
 
 
-def is_grpc_request(regular: list[tuple[bytes, bytes]]) -> bool:
-    """Whether the (first) content-type says gRPC."""
+def _is_grpc(regular: list[tuple[bytes, bytes]]) -> bool:
     for name, value in regular:
         if name == b"content-type":
             return grpc.is_grpc(value)
     return False
 
 
-def split_target(path: bytes) -> tuple[bytes, str, str]:
-    """The target to forward, and the path and query routing sees: dot segments removed (from
-    the forwarded target too), as for an HTTP/1.1 request."""
-    target = path
-    spath, _, query = target.decode("latin-1").partition("?")
+def _split_target(head: RequestHead, path: bytes) -> None:
+    # Dot segments are removed from the forwarded target too, as for an HTTP/1.1 request.
+    spath, _, query = path.decode("latin-1").partition("?")
     if "/." in spath or ("%" in spath and "%2e" in spath.lower()):
         spath = _normalize(spath)
-        target = (spath + ("?" + query if query else "")).encode("latin-1")
-    return target, spath, query
+        path = (spath + ("?" + query if query else "")).encode("latin-1")
+    head.target = path
+    head.path = spath
+    head.query = query

@@ -153,7 +153,10 @@ class H2Stream(Downstream):
             fields = grpc.error_headers(status)
             self.grpc_status = fields[1][1].decode()
             self._submit(200, fields, True)
-            return sum(len(n) + len(v) for n, v in fields)
+            size = 0
+            for name, value in fields:
+                size += len(name) + len(value)
+            return size
         if body is None:
             body = responses.error_body(status)
         fields = _response_headers(headers) if headers else []
