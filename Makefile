@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml setup.py ext/picker.pyx ext/h2.pyx
 build: $(STAMP)
 	$(BIN)/python setup.py -q build_ext --inplace
 
-# Tests use real Redis, promtool and Chromium: install them when absent (CI starts bare).
+# Tests use real Redis, promtool, Chromium and htpasswd (basic-auth fixtures): install them when
+# absent (CI starts bare).
 # lb._h2 (HTTP/2) builds against libnghttp2-dev; h2load (nghttp2-client) loads HTTP/2.
 system-deps:
 	@missing=""; \
@@ -26,6 +27,7 @@ system-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	test -f /usr/include/nghttp2/nghttp2.h || missing="$$missing libnghttp2-dev"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v htpasswd >/dev/null || missing="$$missing apache2-utils"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \

@@ -17,7 +17,9 @@ secrets), protocol, status (0: no response was sent), bytes (response body bytes
 backend, or the whole answer when lb replied itself), duration_ms, upstream_ms (last attempt:
 request sent to response end; null without a backend), route, service, backend, retries,
 failure (why the exchange failed, else null), request_id, grpc_status (a gRPC call's
-status as it went to the client, from its trailers or trailers-only head; else null).
+status as it went to the client, from its trailers or trailers-only head; else null),
+refused_by (the edge policy that answered instead of the backend: basic_auth, jwt, ...; else
+null).
 
 A mode: tcp listener writes one line per connection when it ends (`record_tcp`), with its own
 fields (`TCP_FIELDS`): timestamp (when it was accepted), listener, client (address:port, the
@@ -68,6 +70,7 @@ FIELDS = (
     "failure",
     "request_id",
     "grpc_status",
+    "refused_by",
 )
 TCP_FIELDS = (
     "timestamp",
@@ -209,14 +212,16 @@ def format_all(row: Row) -> str:
     every request of every logging listener. `Subset` is the general path; the tests check
     that both write the same JSON."""
     (ts, listener, client, method, host, path, protocol, status, nbytes, duration, upstream,
-     route, service, backend, retries, failure, request_id, grpc_status) = row  # fmt: skip
+     route, service, backend, retries, failure, request_id, grpc_status,
+     refused_by) = row  # fmt: skip
     return (
         f'{{"timestamp":"{ts}","listener":{_s(listener)},"client":{_s(client)},'
         f'"method":{_s(method)},"host":{_s(host)},"path":{_s(path)},"protocol":{_s(protocol)},'
         f'"status":{status},"bytes":{nbytes},"duration_ms":{_n(duration)},'
         f'"upstream_ms":{_n(upstream)},"route":{_s(route)},"service":{_s(service)},'
         f'"backend":{_s(backend)},"retries":{retries},"failure":{_s(failure)},'
-        f'"request_id":{_s(request_id)},"grpc_status":{_s(grpc_status)}}}\n'
+        f'"request_id":{_s(request_id)},"grpc_status":{_s(grpc_status)},'
+        f'"refused_by":{_s(refused_by)}}}\n'
     )
 
 
@@ -313,6 +318,7 @@ class AccessLog:
             ex.failure.label if ex.failure is not None else None,
             info.request_id.decode("latin-1") if info.request_id else None,
             client.grpc_status,
+            ex.refused_by,
         )
         sink, fmt = entry
         sink.add(fmt(row))
@@ -325,7 +331,7 @@ class AccessLog:
         ts = self._timestamp(time.time())
         client = conn.peer_ip.decode("latin-1")
         row = (ts, conn.listener.name, client, None, None, None, None, status, 0, None, None,
-               None, None, None, 0, "refused", None, None)  # fmt: skip
+               None, None, None, 0, "refused", None, None, None)  # fmt: skip
         sink, fmt = entry
         sink.add(fmt(row))
 

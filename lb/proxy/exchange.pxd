@@ -31,6 +31,7 @@ cdef class Exchange:
     cdef public object service
     cdef public object gate
     cdef public object guard
+    cdef public object refused_by
     cdef public object backend
     cdef public object last_backend
     cdef public object upstream_name
