@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml setup.py ext/picker.pyx ext/h2.pyx
 build: $(STAMP)
 	$(BIN)/python setup.py -q build_ext --inplace
 
-# Tests use real Redis, promtool and Chromium: install them when absent (CI starts bare).
+# Tests use real Redis, promtool, Chromium and htpasswd (basic-auth fixtures): install them when
+# absent (CI starts bare).
 # lb._h2 (HTTP/2) builds against libnghttp2-dev; h2load (nghttp2-client) loads HTTP/2.
 system-deps:
 	@missing=""; \
@@ -26,6 +27,7 @@ system-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	test -f /usr/include/nghttp2/nghttp2.h || missing="$$missing libnghttp2-dev"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v htpasswd >/dev/null || missing="$$missing apache2-utils"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
@@ -38,7 +40,8 @@ TWIN_TESTS := tests/test_build.py tests/test_exchange_harness.py tests/test_prox
 	tests/test_routing.py tests/test_traffic_retry.py tests/test_reload_atomic.py tests/test_fuzz.py \
 	tests/test_http_version.py tests/test_h2_proxy.py tests/test_h2_upstream.py tests/test_tcp_proxy.py \
 	tests/test_breaker.py tests/test_ratelimit.py tests/test_outlier.py tests/test_traffic_breaker.py \
-	tests/test_traffic_ratelimit.py tests/test_traffic_outlier.py
+	tests/test_traffic_ratelimit.py tests/test_traffic_outlier.py tests/test_edge_ipfilter.py \
+	tests/test_edge_client_caps.py tests/test_edge_basic_auth.py tests/test_edge_jwt.py
 
 # system-deps before build: lb._h2 is only built where libnghttp2-dev is installed.
 test: system-deps build

@@ -4,25 +4,26 @@ The request path calls out at four points, each through one of the interfaces be
 filled by one subsystem, installed by `Server.start` in this order (each one may use what the
 ones before it set up):
 
-1. traffic control (`lb.traffic.control.install`): `Route.limiter` (an `Admitter`),
+1. the edge policies (`lb.edge.install.install`): `Route.guard` (a `Guard`: the listener's
+   policies, then the route's, composed by `lb.edge.chain.Chain`) and
+   `Runtime.unrouted_guard` (the listeners' policies, for requests that match no route); the
+   per-listener connection caps (`max_connections_per_client`, and `ip_filter` on tcp
+   listeners) are the listener runtimes' own, applied as they accept;
+2. traffic control (`lb.traffic.control.install`): `Route.limiter` (an `Admitter`),
    `Route.retry`, `Service.gate` (a `Gate`), backend breakers, and an `Observer` +
    `FailureHook` while some service needs outcomes;
-   then the network edge policies (`lb.edge.install_network.install`): `Route.guard` (a
-   `Guard`: IP allow/deny lists, in-flight caps per client), asked before `Route.limiter`,
-   reusing the rate limiter's client key; a guard already there runs after them.
-   Per-listener caps (`max_connections_per_client`, and `ip_filter` on tcp listeners) are
-   the listener runtimes' own, applied as they accept;
-2. the admin server, which the next step registers its metrics with;
-3. observability (`lb.observe.install`): the metrics `Observer` + `FailureHook` and the
+3. the admin server, which the next step registers its metrics with;
+4. observability (`lb.observe.install`): the metrics `Observer` + `FailureHook` and the
    access-log `Observer`, each attached only while enabled, so that what is off costs nothing;
-4. discovery (`lb.discovery.manager.install`): backend sets into `Service.update`.
+5. discovery (`lb.discovery.manager.install`): backend sets into `Service.update`.
 
 A mode: tcp listener (`lb.proxy.tcp`) has no exchanges: it reports each connection once, as it
 ends, to the `TcpObserver`s in `Runtime.tcp_observers` (the access log), and its failed
 connection attempts through `Runtime.record_failure` like the HTTP path.
 
 Every reload recompiles the routes and runs `Runtime.compile_hooks` on the new table before it
-is swapped in, which is how traffic control re-attaches its parts to the compiled routes.
+is swapped in, which is how the edge policies and traffic control re-attach their parts to
+the compiled routes.
 """
 
 from typing import TYPE_CHECKING, Protocol

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .balancer.service import Service, static_specs
 from .config import Loaded, model
-from .hooks import FailureHook, Observer, TcpObserver
+from .hooks import FailureHook, Guard, Observer, TcpObserver
 from .observe.metrics import BackendLabels, Counters
 from .proxy.accept import Descriptors
 from .proxy.failures import Failure
@@ -62,6 +62,8 @@ class Runtime:
         # routes), when services and `config` are already updated: traffic control attaches
         # route limiters, retries and service gates there.
         self.compile_hooks: list[Callable[[RouteTable], None]] = []
+        # Asked when a request matches no route: the listeners' edge policies (lb/edge).
+        self.unrouted_guard: Guard | None = None
         # Declared outside the config (Consul tags); the config wins a service name.
         self.dynamic_routes: list[model.Route] = []
         self.dynamic_services: dict[str, model.Service] = {}

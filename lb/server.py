@@ -12,7 +12,7 @@ from .admin.app import AdminServer
 from .config import ConfigError, Loaded, load
 from .config.watch import ConfigWatcher, signature
 from .discovery.manager import install as install_discovery
-from .edge.install_network import install as install_network_edge
+from .edge.install import install as install_edge
 from .listeners import ListenerPlan, prepare_listeners
 from .observe import install as install_observability
 from .proxy.accept import Acceptor, Descriptors, raise_descriptor_limit
@@ -62,8 +62,8 @@ class Server:
         limited, observed and routed like any other, and a signal then is never lost. The
         subsystems plug in in the order lb/hooks.py explains."""
         self._install_signals()
+        install_edge(self)
         install_traffic_control(self)
-        install_network_edge(self)
         self.admin = (self.admin_factory or AdminServer)(self)
         install_observability(self)
         install_discovery(self)

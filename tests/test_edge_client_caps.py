@@ -142,7 +142,7 @@ async def send(client: Client, path: str = "/", headers: str = "") -> None:
 
 
 def table(lb, route: str = "api"):  # type: ignore[no-untyped-def]
-    return lb.server.runtime.table.by_name[route].guard.in_flight
+    return lb.server.runtime.table.by_name[route].guard.default[-1].policy.in_flight
 
 
 async def test_in_flight_over_the_cap_answers_429_and_frees_when_the_response_ends(
@@ -165,7 +165,7 @@ async def test_in_flight_over_the_cap_answers_429_and_frees_when_the_response_en
         a.mode = "ok"
         assert (await second.request()).status == 200
         counts = lb.server.runtime.counters["edge_decisions"]
-        assert counts[("client_in_flight", "api", "refused")] == 1
+        assert counts[("client_in_flight", "api", "denied")] == 1
         assert counts[("client_in_flight", "api", "allowed")] == 3
         for c in (slow, second, other):
             c.close()

@@ -10,14 +10,34 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
+from ..edge import htpasswd
+from ..edge.jwks import parse_jwks
 from .fieldtypes import Cidr, Duration, Positive, Report
 
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# Headers lb reads itself: a certificate carried in one would change framing or routing.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110 5.6.2)
+# Headers lb itself decides (framing, routing, forwarding): no policy may set them.
 _RESERVED = frozenset(
-    ("host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "expect")
-)
+    {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "keep-alive",
+     "proxy-connection", "trailer", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+     "x-request-id", "expect"}
+)  # fmt: skip
+
+
+def _file(report: Report, name: str, path: str | None) -> bool:
+    if path is not None and not os.path.isfile(path):
+        report(name, f'file not found: "{path}"')
+        return False
+    return path is not None
+
+
+def _header_names(report: Report, name: str, headers: list[str]) -> None:
+    for h in headers:
+        if not _TOKEN.fullmatch(h):
+            report(name, f'"{h}" is not a header name')
+        elif h.lower() in _RESERVED:
+            report(name, f'"{h}" is set by lb itself and cannot be set by a policy')
 
 
 @dataclass
@@ -41,6 +61,16 @@ class BasicAuth:
     forward_authorization: bool = False
     cache: Duration = 60.0  # how long a successful verification is remembered (0: never)
 
+    def check(self, report: Report) -> None:
+        if _file(report, "htpasswd", self.htpasswd):
+            users, problems = htpasswd.read(self.htpasswd)
+            for problem in problems:
+                report("htpasswd", problem)
+            if not users and not problems:
+                report("htpasswd", f'"{self.htpasswd}" lists no user')
+        if self.cache < 0:
+            report("cache", "expected a duration >= 0")
+
 
 @dataclass
 class ForwardAuth:
@@ -56,10 +86,14 @@ class ForwardAuth:
     max_idle: Positive = 16  # keep-alive connections kept to the auth service
 
     def check(self, report: Report) -> None:
-        if not self.url.startswith("http://"):
-            report("url", "expected an http:// URL of the auth service")
+        parts = urlsplit(self.url)
+        if parts.scheme != "http" or not parts.hostname:
+            report("url", "expected an http://host[:port]/path URL of the auth service")
         if self.timeout <= 0:
             report("timeout", "expected a positive duration")
+        if self.cache < 0:
+            report("cache", "expected a duration >= 0")
+        _header_names(report, "response_headers", self.response_headers)
 
 
 @dataclass
@@ -79,11 +113,27 @@ class Jwt:
     cookie: str | None = None  # read the token from this cookie when no Bearer header is sent
     claims_to_headers: dict[str, str] = field(default_factory=dict)  # claim -> request header
     forward_token: bool = True
+    realm: str = "lb"  # of the WWW-Authenticate: Bearer challenge
 
     def check(self, report: Report) -> None:
         sources = [s for s in (self.jwks_file, self.jwks_url, self.secret_file) if s]
         if len(sources) != 1:
             report("", "a jwt policy needs exactly one of jwks_file, jwks_url, secret_file")
+        if _file(report, "jwks_file", self.jwks_file):
+            try:
+                with open(self.jwks_file, "rb") as f:  # type: ignore[arg-type]
+                    parse_jwks(f.read(), self.jwks_file)  # type: ignore[arg-type]
+            except (OSError, ValueError) as exc:
+                report("jwks_file", str(exc))
+        if _file(report, "secret_file", self.secret_file) and os.path.getsize(
+            self.secret_file  # type: ignore[arg-type]
+        ) < 32:
+            report("secret_file", "an HS256 secret needs at least 32 bytes (RFC 7518 3.2)")
+        if self.jwks_url is not None and urlsplit(self.jwks_url).scheme not in ("http", "https"):
+            report("jwks_url", "expected an http:// or https:// URL")
+        if self.jwks_refresh <= 0:
+            report("jwks_refresh", "expected a positive duration")
+        _header_names(report, "claims_to_headers", list(self.claims_to_headers.values()))
         if self.secret_file and self.algorithms != ["HS256"]:
             report("algorithms", "secret_file is for HS256: set algorithms: [HS256]")
         if "HS256" in self.algorithms and not self.secret_file:

@@ -410,11 +410,6 @@ class Route:
             report("split", "the split's weights add up to 0")
         if self.sticky is not None and self.split is None:
             report("sticky", "sticky applies to a split")
-        if self.service is None and self.split is None:
-            # lb answers redirect and respond routes itself, before any edge policy
-            for name in ("ip_filter", "client_in_flight"):
-                if getattr(self, name) is not None:
-                    report(name, f"{name} applies to routes with service or split")
 
 
 @dataclass

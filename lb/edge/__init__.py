@@ -1,3 +1,6 @@
-"""Edge policies: who may come in (IP lists, client certificates, credentials) and how much
-one client may take (connections, requests in flight), compiled into `Route.guard` and the
-listeners' accept path."""
+"""Edge security and client fairness: who may come in, and how much one client may take.
+
+Each policy is a module (basic_auth, jwt_auth, forward_auth, ...) of the `Policy` protocol of
+chain.py, which composes a route's policies into its `Route.guard`; install.py builds them
+from the config on every reload; metrics.py declares their counters.
+"""

@@ -107,8 +107,23 @@ class Exchange:
         self.phase = ADMITTED
         route = self.route
         if route is None:
-            self.reply_error(404)
+            # A listener's edge policies still run: a 401 rather than a 404, and a listener's
+            # jwt may copy claims that a route matches on (lb/edge/chain.py).
+            guard = self.client.listener.runtime.unrouted_guard
+            if guard is None or guard.admit(self):
+                self.reply_error(404)
             return
+        guard = route.guard
+        if guard is not None and not guard.admit(self):
+            return  # an edge policy refused it, or calls admitted() once it has decided
+        self.admitted()
+
+    def admitted(self) -> None:
+        """Past the edge policies (which guard what lb answers itself too: a listener's jwt
+        cannot be skipped by a route that a forged header matched): the route's own answer,
+        or the rate limits, then the service."""
+        route = self.route
+        assert route is not None
         if route.fixed is not None:
             status, headers, body = route.fixed
             self.reply(status, body, headers, None)  # the route's headers carry the type
@@ -124,15 +139,6 @@ class Exchange:
             )
             self.reply(status, b"", [(b"location", location)])
             return
-        guard = route.guard
-        if guard is not None and not guard.admit(self):
-            return  # an edge policy refused it, or calls admitted() once it has decided
-        self.admitted()
-
-    def admitted(self) -> None:
-        """Past the edge policies: the rate limits, then the service."""
-        route = self.route
-        assert route is not None
         if route.limiter is not None and not route.limiter.admit(self):
             return  # the limiter answered 429, or calls forward() once it has decided
         self.forward()

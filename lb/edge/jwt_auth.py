@@ -1,0 +1,245 @@
+"""`routes[].jwt` and `listeners[].jwt`: bearer tokens (RFC 7519) verified with PyJWT.
+
+The token is read from `Authorization: Bearer`, or from `cookie` when no Bearer header is
+sent. Its header's `alg` must be one of `algorithms` and the key's own (a JWK of type RSA is
+for RS256 only, and so on: no algorithm confusion); `kid` picks the key, and a token without
+one is tried against every key. `exp` and `nbf` allow `clock_skew`; `iss` must equal `issuer`
+and `aud` name one of `audiences`, when set.
+
+A verified token is remembered until it expires (at most CACHE_TTL), keyed on the token
+itself, until the keys change: a repeated token costs a dict lookup. RS256/ES256/EdDSA
+verification (tens of microseconds) runs on the loop; nothing here blocks.
+
+Admitted: the headers named in `claims_to_headers` are first removed from the request (a
+client cannot forge them), then set from the token's claims (`a.b` reads a nested claim; a
+list is joined with ","; an object is JSON; control characters are dropped);
+`forward_token: false` removes the Authorization header too. Refused: 401 with
+`WWW-Authenticate: Bearer realm="..."` when no token was sent, and `Bearer realm="...",
+error="invalid_token", error_description="..."` saying why (RFC 6750).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import TYPE_CHECKING
+
+import jwt
+from jwt import exceptions as E
+
+from ..config.edge_model import Jwt
+from ..proxy.headers import lower_name
+from .chain import Refusal, Verdict, without
+from .jwks import JwksUrl, KeySet, StaticKeys
+
+if TYPE_CHECKING:
+    from ..proxy.exchange import Exchange
+
+CACHE_TTL = 300.0  # seconds a verified token is remembered at most
+CACHE_MAX = 10_000  # remembered tokens per policy; the oldest go first
+FIRST_KEYS_WAIT = 5.0  # a request arriving before a JWKS URL's first answer waits this long
+AUTHORIZATION = b"authorization"
+COOKIE = b"cookie"
+_UNSAFE = re.compile(rb"[\x00-\x1f\x7f]")  # kept out of header values made from claims
+_REASONS: list[tuple[type[Exception], str]] = [
+    (E.ExpiredSignatureError, "the token has expired"),
+    (E.ImmatureSignatureError, "the token is not valid yet"),
+    (E.InvalidAudienceError, "wrong audience"),
+    (E.InvalidIssuerError, "wrong issuer"),
+    (E.InvalidSignatureError, "bad signature"),
+    (E.MissingRequiredClaimError, "a required claim is missing"),
+    (E.InvalidAlgorithmError, "algorithm not allowed"),
+    (E.DecodeError, "malformed token"),
+]
+
+Headers = list[tuple[bytes, bytes]]
+KeySource = StaticKeys | JwksUrl
+
+
+class Invalid(Exception):
+    """A token refused, and why (the error_description)."""
+
+
+class JwtPolicy:
+    name = "jwt"
+    __slots__ = (
+        "_cached_keys", "_refusals", "algorithms", "audiences", "cache", "claims", "cookie",
+        "issuer", "missing", "options", "realm", "skew", "source", "strip",
+    )  # fmt: skip
+
+    def __init__(self, cfg: Jwt, source: KeySource) -> None:
+        self.source = source
+        self.algorithms = frozenset(cfg.algorithms)
+        self.issuer = cfg.issuer
+        self.audiences = list(cfg.audiences) or None
+        self.options = {"verify_aud": bool(cfg.audiences)}
+        self.skew = float(cfg.clock_skew)
+        self.cookie = cfg.cookie.encode() + b"=" if cfg.cookie else None
+        self.claims = tuple(
+            (claim, header.lower().encode("latin-1"))
+            for claim, header in cfg.claims_to_headers.items()
+        )
+        names = {h for _, h in self.claims}
+        if not cfg.forward_token:
+            names.add(AUTHORIZATION)
+        self.strip = frozenset(names)
+        self.realm = cfg.realm.replace("\\", "\\\\").replace('"', '\\"')
+        self.missing = Refusal(
+            401,
+            b"401 Unauthorized\n",
+            [(b"www-authenticate", f'Bearer realm="{self.realm}"'.encode())],
+        )
+        self._refusals: dict[str, Refusal] = {}
+        self.cache: dict[bytes, tuple[Headers, float]] = {}  # token -> (headers, until)
+        self._cached_keys: KeySet | None = None
+
+    def check(self, ex: Exchange) -> Verdict:
+        token = self._token(ex.info.forward)
+        if token is None:
+            return self.missing
+        keys = self.source.keys
+        if keys is None:
+            return self._when_keys(ex, token)
+        return self._decide(ex, token, keys)
+
+    async def _when_keys(self, ex: Exchange, token: bytes) -> Refusal | None:
+        try:
+            await asyncio.wait_for(self.source.ready.wait(), FIRST_KEYS_WAIT)
+        except TimeoutError:
+            pass
+        keys = self.source.keys
+        if keys is None:
+            return Refusal(503, b"503 Service Unavailable: no signing keys yet\n", result="error")
+        return self._decide(ex, token, keys)
+
+    def _decide(self, ex: Exchange, token: bytes, keys: KeySet) -> Refusal | None:
+        cache = self.cache
+        if keys is not self._cached_keys:
+            cache.clear()  # rotated: a token of a removed key must not pass on memory
+            self._cached_keys = keys
+        now = time.time()  # exp and nbf are wall-clock times
+        hit = cache.get(token)
+        if hit is not None:
+            if now < hit[1]:
+                self._admit(ex, hit[0])
+                return None
+            del cache[token]
+        try:
+            claims = self._verify(token, keys)
+        except Invalid as exc:
+            return self._invalid(str(exc))
+        headers = [(h, v) for name, h in self.claims if (v := _claim(claims, name)) is not None]
+        exp = claims.get("exp")
+        until = now + CACHE_TTL
+        if isinstance(exp, int | float):
+            until = min(until, exp + self.skew)
+        if len(cache) >= CACHE_MAX:
+            del cache[next(iter(cache))]  # the oldest entry: dicts keep insertion order
+        cache[token] = (headers, until)
+        self._admit(ex, headers)
+        return None
+
+    def _verify(self, token: bytes, keys: KeySet) -> dict[str, object]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except E.DecodeError:
+            raise Invalid("malformed token") from None
+        alg = header.get("alg")
+        if alg not in self.algorithms:
+            raise Invalid("algorithm not allowed")
+        kid = header.get("kid")
+        if kid is not None:
+            key = keys.by_kid.get(kid) if isinstance(kid, str) else None
+            if key is None:
+                raise Invalid("unknown key id")
+            candidates = [key] if key.algorithm == alg else []
+        else:
+            candidates = [k for k in keys.keys if k.algorithm == alg]
+        if not candidates:
+            raise Invalid("no key for the token's algorithm")
+        for key in candidates:
+            try:
+                return jwt.decode(  # type: ignore[no-any-return]
+                    token,
+                    key.key,  # type: ignore[arg-type]
+                    algorithms=[alg],
+                    audience=self.audiences,
+                    issuer=self.issuer,
+                    leeway=self.skew,
+                    options=self.options,  # type: ignore[arg-type]
+                )
+            except E.InvalidSignatureError:
+                continue  # without a kid, the next key may be the one
+            except E.InvalidTokenError as exc:
+                raise Invalid(_reason(exc)) from None
+        raise Invalid("bad signature")
+
+    def _invalid(self, reason: str) -> Refusal:
+        refusal = self._refusals.get(reason)
+        if refusal is None:
+            challenge = (
+                f'Bearer realm="{self.realm}", error="invalid_token", error_description="{reason}"'
+            )
+            refusal = self._refusals[reason] = Refusal(
+                401, b"401 Unauthorized\n", [(b"www-authenticate", challenge.encode())]
+            )
+        return refusal
+
+    def _token(self, headers: Headers) -> bytes | None:
+        cookies: list[bytes] = []
+        for name, value in headers:
+            n = len(name)
+            if n == 13 and lower_name(name) == AUTHORIZATION:
+                scheme, _, token = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer" and token.strip():
+                    return token.strip()
+            elif n == 6 and self.cookie is not None and lower_name(name) == COOKIE:
+                cookies.append(value)
+        prefix = self.cookie
+        if prefix is not None:
+            for value in cookies:
+                for part in value.split(b";"):
+                    part = part.strip()
+                    if part.startswith(prefix) and len(part) > len(prefix):
+                        return part[len(prefix) :]
+        return None
+
+    def _admit(self, ex: Exchange, headers: Headers) -> None:
+        info = ex.info
+        if self.strip:
+            forward = without(info.forward, self.strip)
+            forward.extend(headers)
+            info.forward = forward
+        elif headers:
+            info.forward = [*info.forward, *headers]
+
+
+def _claim(claims: dict[str, object], name: str) -> bytes | None:
+    """The header value of a claim, None when the token has no such claim. A name is first a
+    top-level claim (namespaced ones are URLs, dots included), else a path `a.b`."""
+    value: object = claims
+    if name in claims:
+        value = claims[name]
+    else:
+        for part in name.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return None
+            value = value[part]
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, list):
+        text = ",".join(v if isinstance(v, str) else json.dumps(v) for v in value)
+    else:
+        text = json.dumps(value, separators=(",", ":"))
+    return _UNSAFE.sub(b"", text.encode())
+
+
+def _reason(exc: Exception) -> str:
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason
+    return "invalid token"

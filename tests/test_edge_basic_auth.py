@@ -1,0 +1,181 @@
+"""Basic auth through the proxy: curl -u against htpasswd-written files (bcrypt, SHA-256 and
+SHA-512 crypt), the 401 challenge, the Authorization header kept from backends, the cache,
+a flood of wrong passwords that leaves other clients alone, config errors, reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Client, backends, free_port, lb_yaml, running_lb
+from edge_helpers import curl, routes, run
+
+from lb.config import ConfigError, load
+from lb.edge import basic_auth, htpasswd
+
+
+async def htpasswd_file(path: Path, *users: tuple[str, str, str]) -> Path:
+    """(flag, user, password) written by Debian's htpasswd: -B bcrypt, -2 / -5 SHA-crypt."""
+    for i, (flag, user, password) in enumerate(users):
+        await run("htpasswd", "-b" + ("c" if i == 0 else "") + flag, str(path), user, password)
+    return path
+
+
+def basic(path: Path, extra: str = "") -> str:
+    return f'basic_auth: {{htpasswd: "{path}", realm: "staff area"{extra}}}'
+
+
+async def test_curl_users_of_every_hash_kind_and_the_401_challenge(tmp_path: Path) -> None:
+    pw = await htpasswd_file(
+        tmp_path / "users", ("B", "alice", "s3cret"), ("2", "bob", "pw-two"), ("5", "carol", "pw5")
+    )
+    log = tmp_path / "access.log"
+    async with backends(1) as (be,):
+        text = lb_yaml(
+            [be.address], port=free_port(), admin_port=free_port(),
+            extra_listener=f"    access_log: {{path: {log}}}\n",
+            routes=routes(("private", "/", basic(pw))),
+        )  # fmt: skip
+        async with running_lb(tmp_path, text) as lb:
+            for user, password in (("alice", "s3cret"), ("bob", "pw-two"), ("carol", "pw5")):
+                ok = await curl(lb.url + "/x", "-u", f"{user}:{password}")
+                assert ok.status == 200, user
+            assert all(seen.header("authorization") is None for seen in be.seen)
+            for args in (("-u", "alice:wrong"), ("-u", "nobody:s3cret"), ()):
+                refused = await curl(lb.url + "/x", *args)
+                assert refused.status == 401
+                assert refused.headers["www-authenticate"] == 'Basic realm="staff area"'
+            assert len(be.seen) == 3
+            counts = lb.server.runtime.counters["edge_decisions"]
+            assert counts[("basic_auth", "private", "allowed")] == 3
+            assert counts[("basic_auth", "private", "denied")] == 3
+            lines: list[dict[str, object]] = []
+            deadline = time.monotonic() + 3
+            while len(lines) < 6 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                text = log.read_text() if log.exists() else ""
+                lines = [json.loads(x) for x in text.splitlines()]
+            assert [x["refused_by"] for x in lines] == [None] * 3 + ["basic_auth"] * 3
+            assert [x["status"] for x in lines[3:]] == [401] * 3
+
+
+async def test_forward_authorization_and_the_verification_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pw = await htpasswd_file(tmp_path / "users", ("B", "alice", "s3cret"))
+    verified: list[bytes] = []
+    real = htpasswd.verify
+
+    def counting(password: bytes, hashed: str) -> bool:
+        verified.append(password)
+        return real(password, hashed)
+
+    monkeypatch.setattr(basic_auth.htpasswd, "verify", counting)
+    async with backends(1) as (be,):
+        text = lb_yaml(
+            [be.address], port=free_port(), admin_port=free_port(),
+            routes=routes(("private", "/", basic(pw, ", forward_authorization: true"))),
+        )  # fmt: skip
+        async with running_lb(tmp_path, text) as lb:
+            policy = lb.server.runtime.table.by_name["private"].guard.default[0].policy
+            client = await Client.connect(lb.port)
+            auth = "authorization: Basic YWxpY2U6czNjcmV0\r\n"  # alice:s3cret
+            for _ in range(6):
+                assert (await client.request(headers=auth)).status == 200
+            client.close()
+            assert verified == [b"s3cret"]  # once; then the cache answered
+            assert len(policy.cache) == 1  # one entry, keyed on a hash: no password in it
+            assert all(len(k) == 32 and b"s3cret" not in k for k in policy.cache)
+            assert [s.header("authorization") for s in be.seen] == ["Basic YWxpY2U6czNjcmV0"] * 6
+
+
+async def test_a_flood_of_wrong_passwords_does_not_stall_other_clients(tmp_path: Path) -> None:
+    # Cost 10: each wrong password keeps a verification thread busy for tens of milliseconds.
+    pw = tmp_path / "users"
+    await run("htpasswd", "-cbB", "-C", "10", str(pw), "alice", "s3cret")
+    async with backends(1) as (be,):
+        text = lb_yaml(
+            [be.address], port=free_port(), admin_port=free_port(),
+            routes=routes(("private", "/private", basic(pw)), ("open", "/", "")),
+        )  # fmt: skip
+        async with running_lb(tmp_path, text) as lb:
+            stop = asyncio.Event()
+            statuses: list[int] = []
+
+            async def flood() -> None:
+                client = await Client.connect(lb.port)
+                try:
+                    for _ in range(200):  # bounded; `stop` ends it sooner
+                        if stop.is_set():
+                            return
+                        r = await client.request(
+                            path="/private", headers="authorization: Basic YWxpY2U6bm9wZQ==\r\n"
+                        )
+                        statuses.append(r.status)
+                finally:
+                    client.close()
+
+            flooders = [asyncio.create_task(flood()) for _ in range(48)]
+            await asyncio.sleep(0.3)  # the flood is under way
+            other = await Client.connect(lb.port)
+            worst = 0.0
+            for _ in range(20):
+                t = time.monotonic()
+                assert (await other.request(path="/open")).status == 200
+                worst = max(worst, time.monotonic() - t)
+                await asyncio.sleep(0.02)
+            other.close()
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*flooders), 30)
+            assert worst < 0.5, worst
+            assert set(statuses) <= {401, 503} and 401 in statuses
+            assert 503 in statuses  # beyond the bounded queue: answered at once
+            counts = lb.server.runtime.counters["edge_decisions"]
+            assert counts[("basic_auth", "private", "overloaded")] == statuses.count(503)
+            assert be.seen and all(s.path == "/open" for s in be.seen)
+
+
+async def test_reload_reads_the_htpasswd_file_again(tmp_path: Path) -> None:
+    pw = await htpasswd_file(tmp_path / "users", ("B", "alice", "old-pw"))
+    async with backends(1) as (be,):
+        text = lb_yaml(
+            [be.address], port=free_port(), admin_port=free_port(),
+            routes=routes(("private", "/", basic(pw))),
+        )  # fmt: skip
+        async with running_lb(tmp_path, text) as lb:
+            assert (await curl(lb.url, "-u", "alice:old-pw")).status == 200
+            await htpasswd_file(pw, ("5", "alice", "new-pw"))
+            # The config changes too: a reload applies only a config whose files changed.
+            lb.config_path.write_text(text.replace("staff area", "staff"))
+            ok, errors = await lb.server.reload()
+            assert ok, errors
+            assert (await curl(lb.url, "-u", "alice:old-pw")).status == 401  # cache dropped
+            new = await curl(lb.url, "-u", "alice:new-pw")
+            assert new.status == 200
+            refused = await curl(lb.url)
+            assert refused.headers["www-authenticate"] == 'Basic realm="staff"'
+
+
+async def test_config_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    md5 = tmp_path / "md5-users"
+    await run("htpasswd", "-cbm", str(md5), "alice", "pw")  # Apache's default, MD5
+    md5.write_text(md5.read_text() + "garbage line\n")
+    config = tmp_path / "lb.yaml"
+    config.write_text(
+        lb_yaml(
+            ["127.0.0.1:1"], port=free_port(), admin_port=free_port(),
+            routes=routes(("a", "/a", basic(md5)), ("b", "/", basic(tmp_path / "missing"))),
+        )
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load(str(config))
+    out = [str(p) for p in info.value.problems]
+    assert len(out) == 3, out
+    assert all(line.startswith(f"{config}:") for line in out)
+    assert "routes[0].basic_auth.htpasswd" in out[0] and f"{md5}:1:" in out[0]
+    assert "unsupported hash (apr1)" in out[0] and "htpasswd -B" in out[0]
+    assert f"{md5}:2: expected user:hash" in out[1]
+    assert "routes[1].basic_auth.htpasswd" in out[2] and "file not found" in out[2]
