@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import edge_fixture  # bench/, beside this script
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "latest.json"
 # Debian puts haproxy and nginx in /usr/sbin, which a non-login or non-root PATH often lacks.
@@ -51,7 +53,16 @@ BASELINE = "haproxy"
 # Typographic characters for the tables, spelled as escapes to keep the source ASCII-plain.
 TIMES, DASH = "\u00d7", "\u2013"
 
-STANDARD_PROXIES = ("haproxy", "nginx", "lb", "lb_metrics_off", "lb_policies")
+# py_floor: bench/floor_proxy.py, the least a uvloop + httptools proxy does (lb's floor).
+STANDARD_PROXIES = (
+    "haproxy",
+    "nginx",
+    "lb",
+    "lb_metrics_off",
+    "lb_policies",
+    "lb_edge",
+    "py_floor",
+)
 MULTICORE_PROXIES = ("haproxy_2threads", "lb_2workers")
 SCALING_LEVELS = (1, 2, 4, 8)
 
@@ -63,6 +74,11 @@ CHECKS: tuple[tuple[str, str, str, str, str, float], ...] = (
     ("lb_vs_haproxy_p99", "lb", "haproxy", "p99_ms", "<=", 1.5),
     ("lb_vs_lb_metrics_off_rps", "lb", "lb_metrics_off", "rps", ">=", 0.95),
     ("lb_policies_vs_lb_rps", "lb_policies", "lb", "rps", ">=", 0.95),
+    ("lb_edge_vs_lb_rps", "lb_edge", "lb", "rps", ">=", 0.9),
+    # Not targets: how far lb is from its architecture's floor, and the floor from HAProxy.
+    ("lb_vs_py_floor_rps", "lb", "py_floor", "rps", "info", 0.0),
+    ("py_floor_vs_haproxy_rps", "py_floor", "haproxy", "rps", "info", 0.0),
+    ("py_floor_vs_haproxy_cpu_per_req", "py_floor", "haproxy", "cpu_us_per_req", "info", 0.0),
     # Two cores each; the same bar as one core: workers must scale as HAProxy's threads do.
     ("lb_2workers_vs_haproxy_2threads_rps", "lb_2workers", "haproxy_2threads", "rps", ">=", 0.6),
 )
@@ -339,10 +355,12 @@ class Ports:
                 return port
 
 
-def http_status(port: int, timeout_s: float = 1.0) -> int | None:
+def http_status(port: int, timeout_s: float = 1.0, headers: bytes = b"") -> int | None:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            sock.sendall(
+                b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n" + headers + b"\r\n"
+            )
             head = sock.recv(64)
     except OSError:
         return None
@@ -358,15 +376,18 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> str | None:
-    """None when the port answers GET / with 200 within the timeout, else why not."""
+def wait_ready(
+    proc: subprocess.Popen[bytes], port: int, log: Path, headers: bytes = b""
+) -> str | None:
+    """None when the port answers GET / (with `headers`, the credentials lb_edge wants) with
+    200 within the timeout, else why not."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     last: int | None = None
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
             return f"exited with code {code} before becoming ready\n{log_tail(log)}"
-        last = http_status(port)
+        last = http_status(port, headers=headers)
         if last == 200:
             return None
         time.sleep(0.05)
@@ -464,8 +485,9 @@ backend app
 {servers}"""
 
 
-def lb_config(port: int, admin_port: int, backends: list[int], variant: str) -> str:
-    """The lead's schema, keys exactly as agreed; `variant` is default|metrics_off|policies."""
+def lb_config(port: int, admin_port: int, backends: list[int], variant: str, edge: str = "") -> str:
+    """The lead's schema, keys exactly as agreed; `variant` is default|metrics_off|policies|
+    edge, `edge` the route's edge policies (bench/edge_fixture.py) for the last."""
     backend_lines = "".join(f'      - {{address: "127.0.0.1:{b}", weight: 1}}\n' for b in backends)
     breaker = (
         "    circuit_breaker: {max_requests: 100000, max_pending: 100000, "
@@ -494,7 +516,7 @@ services:
   - name: all
     match: {{path: {{prefix: "/"}}}}
     service: app
-{rate_limit}"""
+{rate_limit}{edge}"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,7 +529,7 @@ class ProxySpec:
     kind: str  # haproxy | nginx | lb
     cpus: list[int]
     threads: int = 1  # haproxy nbthread, nginx worker_processes, lb --workers
-    variant: str = "default"  # lb only: default | metrics_off | policies
+    variant: str = "default"  # lb only: default | metrics_off | policies | edge
 
 
 @dataclass
@@ -555,6 +577,8 @@ def standard_specs(layout: Layout, multicore: bool) -> list[ProxySpec]:
         ProxySpec("lb", "lb", one),
         ProxySpec("lb_metrics_off", "lb", one, variant="metrics_off"),
         ProxySpec("lb_policies", "lb", one, variant="policies"),
+        ProxySpec("lb_edge", "lb", one, variant="edge"),
+        ProxySpec("py_floor", "floor", one),
     ]
     if multicore:
         two = layout.multi_cpus
@@ -586,6 +610,8 @@ class Bench:
     procs: ProcessSet
     ports: Ports = field(default_factory=Ports)
     nofile: int = 1024
+    # Sent by wrk to every proxy: the credentials lb_edge's policies admit (edge_fixture.py).
+    wrk_headers: list[str] = field(default_factory=list)
 
     def nginx_cmd(self, prefix: Path, conf: Path) -> list[str]:
         cmd = [self.tools.nginx, "-p", str(prefix), "-c", str(conf)]
@@ -629,7 +655,11 @@ def proxy_command(
         conf.write_text(nginx_proxy_config(home, port, backends, spec.threads, bench.nofile))
         return bench.nginx_cmd(home, conf)
     conf = home / "lb.yaml"
-    conf.write_text(lb_config(port, bench.ports.free(), backends, spec.variant))
+    if spec.kind == "floor":  # reads lb's config: the same listener and backends
+        conf.write_text(lb_config(port, bench.ports.free(), backends, "default"))
+        return [sys.executable, str(REPO / "bench" / "floor_proxy.py"), "run", "-c", str(conf)]
+    edge = edge_fixture.write(home)[0] if spec.variant == "edge" else ""
+    conf.write_text(lb_config(port, bench.ports.free(), backends, spec.variant, edge))
     cmd = [*bench.tools.lb, "run", "-c", str(conf)]
     # One worker means the plain single-process mode, so lb_w1 equals lb's standard figure.
     return [*cmd, "--workers", str(spec.threads)] if spec.threads > 1 else cmd
@@ -645,7 +675,9 @@ def start_proxy(bench: Bench, spec: ProxySpec, backends: list[int], tag: str) ->
         proc = bench.procs.start(cmd, spec.cpus, log, cwd=REPO)
     except OSError as exc:
         return f"could not start {cmd[0]}: {exc}"
-    error = wait_ready(proc, port, log)
+    # wrk's -H arguments as header lines
+    headers = b"".join(h.encode() + b"\r\n" for h in bench.wrk_headers[1::2])
+    error = wait_ready(proc, port, log, headers)
     if error is None:
         return Running(spec, proc, port, log)
     if spec.kind == "nginx":
@@ -698,6 +730,7 @@ def run_wrk(
         f"-c{conns}",
         f"-d{seconds:g}s",
         "--latency",
+        *bench.wrk_headers,
         f"http://127.0.0.1:{port}/",
     ]
     proc = bench.procs.start(cmd, cpus, capture=True)
@@ -883,13 +916,15 @@ def derive_checks(runs: dict[str, list[dict[str, Any] | None]]) -> dict[str, dic
             value = ratio_summary(per_round_ratios(runs[num], runs[den], metric))[0]
         if value is None:
             status = "N/A"
+        elif op == "info":
+            status = "INFO"
         elif (value >= target) if op == ">=" else (value <= target):
             status = "PASS"
         else:
             status = "MISS"
         checks[name] = {
             "value": value,
-            "target": f"{op} {target}",
+            "target": "-" if op == "info" else f"{op} {target}",
             "status": status,
             "ratio": f"{num}/{den} {metric}",
         }
@@ -1317,6 +1352,7 @@ def main(argv: list[str] | None = None) -> int:
     # nginx workers drop to an unprivileged user when we run as root; let them traverse it.
     workdir.chmod(0o755)
     bench = Bench(args, tools, workdir, ProcessSet(tools.taskset), nofile=nofile)
+    bench.wrk_headers = edge_fixture.write(workdir)[1]
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine_info(tools, cpus),
