@@ -163,3 +163,16 @@ def _refuse(ex: Exchange, step: Step, refusal: Refusal) -> None:
 def without(headers: Headers, names: frozenset[bytes]) -> Headers:
     """`headers` less those named in `names` (lower case)."""
     return [h for h in headers if lower_name(h[0]) not in names]
+
+
+def vouch(ex: Exchange, strip: frozenset[bytes], headers: Headers) -> None:
+    """Headers a policy vouches for (claims, an auth service's answer) onto the forwarded
+    request, after the client's own headers of the names in `strip` are removed: a client
+    cannot forge what a policy sets."""
+    info = ex.info
+    if strip:
+        forward = without(info.forward, strip)
+        forward.extend(headers)
+        info.forward = forward
+    elif headers:
+        info.forward = [*info.forward, *headers]

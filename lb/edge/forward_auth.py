@@ -27,7 +27,7 @@ from multidict import CIMultiDict
 from ..config.edge_model import ForwardAuth
 from ..observe.metrics import Counters
 from ..proxy.headers import lower_name
-from .chain import Refusal, Verdict, without
+from .chain import Refusal, Verdict, vouch
 from .metrics import FORWARD_AUTH_ERRORS
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class ForwardAuthPolicy:
             hit = self.cache.get(key)
             if hit is not None:
                 if hit[1] > ex.t0:
-                    self._admit(ex, hit[0])
+                    vouch(ex, self.strip, hit[0])
                     return None
                 del self.cache[key]
         return self._ask(ex, key)
@@ -119,7 +119,7 @@ class ForwardAuthPolicy:
                 if len(cache) >= CACHE_MAX:
                     del cache[next(iter(cache))]
                 cache[key] = (copied, time.monotonic() + self.ttl)
-            self._admit(ex, copied)
+            vouch(ex, self.strip, copied)
             return None
         passed = [(n, v) for n, v in headers if lower_name(n) not in _HOP_BY_HOP]
         return Refusal(status, body, passed, content_type=None)
@@ -153,7 +153,7 @@ class ForwardAuthPolicy:
     def _failed(self, ex: Exchange, reason: str) -> Refusal | None:
         self._errors[(self.route, reason)] += 1
         if self.allow_on_error:
-            self._admit(ex, [])
+            vouch(ex, self.strip, [])
             return None
         return _UNAVAILABLE
 
@@ -166,10 +166,3 @@ class ForwardAuthPolicy:
                 i = names.index(low)
                 values[i] = value if not values[i] else values[i] + b"\x1f" + value
         return tuple(values)
-
-    def _admit(self, ex: Exchange, headers: Headers) -> None:
-        info = ex.info
-        if self.strip:
-            forward = without(info.forward, self.strip)
-            forward.extend(headers)
-            info.forward = forward

@@ -31,7 +31,7 @@ from jwt import exceptions as E
 
 from ..config.edge_model import Jwt
 from ..proxy.headers import lower_name
-from .chain import Refusal, Verdict, without
+from .chain import Refusal, Verdict, vouch
 from .jwks import JwksUrl, KeySet, StaticKeys
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class JwtPolicy:
         hit = cache.get(token)
         if hit is not None:
             if now < hit[1]:
-                self._admit(ex, hit[0])
+                vouch(ex, self.strip, hit[0])
                 return None
             del cache[token]
         try:
@@ -138,7 +138,7 @@ class JwtPolicy:
         if len(cache) >= CACHE_MAX:
             del cache[next(iter(cache))]  # the oldest entry: dicts keep insertion order
         cache[token] = (headers, until)
-        self._admit(ex, headers)
+        vouch(ex, self.strip, headers)
         return None
 
     def _verify(self, token: bytes, keys: KeySet) -> dict[str, object]:
@@ -205,15 +205,6 @@ class JwtPolicy:
                     if part.startswith(prefix) and len(part) > len(prefix):
                         return part[len(prefix) :]
         return None
-
-    def _admit(self, ex: Exchange, headers: Headers) -> None:
-        info = ex.info
-        if self.strip:
-            forward = without(info.forward, self.strip)
-            forward.extend(headers)
-            info.forward = forward
-        elif headers:
-            info.forward = [*info.forward, *headers]
 
 
 def _claim(claims: dict[str, object], name: str) -> bytes | None:
