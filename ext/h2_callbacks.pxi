@@ -52,6 +52,10 @@ cdef inline bint _informational(list headers):
 cdef int _cb_begin_frame(nghttp2_session *s, const nghttp2_frame_hd *hd, void *ud) noexcept:
     cdef Session self = <Session>ud
     cdef int32_t sid = hd.stream_id
+    if hd.type == NGHTTP2_PRIORITY and sid == 0:
+        # With RFC 7540 priorities off nghttp2 drops PRIORITY frames unchecked; RFC 9113 6.3
+        # still makes one on stream 0 a connection error.
+        return _trip(self, NGHTTP2_PROTOCOL_ERROR, "PRIORITY on stream 0")
     if hd.type != NGHTTP2_HEADERS or not self.server or sid & 1 == 0:
         return 0
     if sid > self._max_peer_sid:
