@@ -44,3 +44,14 @@ def routes(*entries: tuple[str, str, str]) -> str:
         out.append("    service: app")
         out += [f"    {line}" for line in extra.splitlines() if line]
     return "\n".join(out) + "\n"
+
+
+def tcp_listener_config(port: int, admin_port: int, backend: str, policy: str) -> str:
+    """One mode: tcp listener `db` on `port` with `policy` (a YAML line of the listener's, such
+    as `max_connections_per_client: 1`) in front of one backend."""
+    return (
+        "listeners:\n  - name: db\n    mode: tcp\n"
+        f'    bind: "127.0.0.1:{port}"\n    service: app\n    {policy}\n'
+        f'admin: {{bind: "127.0.0.1:{admin_port}"}}\n'
+        f'services:\n  app: {{backends: ["{backend}"]}}\n'
+    )

@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 from conftest import Client, free_port, read_response, running_lb
+from edge_helpers import tcp_listener_config
 from faulty import eventually, faulty, lb_for, reload, reset
 
 LISTENER_CAP = "    max_connections_per_client: 2\n"
@@ -90,17 +91,7 @@ async def test_failed_tls_handshakes_give_their_place_back(tmp_path: Path) -> No
 async def test_tcp_listener_caps_connections_per_client(tmp_path: Path) -> None:
     port = free_port()
     async with faulty("a") as (a,):
-        text = f"""\
-listeners:
-  - name: db
-    mode: tcp
-    bind: "127.0.0.1:{port}"
-    service: app
-    max_connections_per_client: 1
-admin: {{bind: "127.0.0.1:{free_port()}"}}
-services:
-  app: {{backends: ["{a.address}"]}}
-"""
+        text = tcp_listener_config(port, free_port(), a.address, 'max_connections_per_client: 1')
         async with running_lb(tmp_path, text) as lb:
             held = await connect_from(port)
             assert (await held.request()).status == 200

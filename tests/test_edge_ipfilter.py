@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Client, free_port, read_response, running_lb
+from edge_helpers import tcp_listener_config
 from faulty import eventually, faulty, lb_for, reload
 
 from lb.config import ConfigError, load
@@ -210,17 +211,8 @@ async def test_kept_across_a_reload_that_does_not_change_it(tmp_path: Path) -> N
 async def test_tcp_listener_refuses_at_accept_without_a_byte(tmp_path: Path) -> None:
     port = free_port()
     async with faulty("a") as (a,):
-        text = f"""\
-listeners:
-  - name: db
-    mode: tcp
-    bind: "127.0.0.1:{port}"
-    service: app
-    ip_filter: {{deny: ["127.0.0.2/32"]}}
-admin: {{bind: "127.0.0.1:{free_port()}"}}
-services:
-  app: {{backends: ["{a.address}"]}}
-"""
+        deny = 'ip_filter: {deny: ["127.0.0.2/32"]}'
+        text = tcp_listener_config(port, free_port(), a.address, deny)
         async with running_lb(tmp_path, text) as lb:
             assert await get_from(port, "127.0.0.1") == 200
             r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
