@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 from ..balancer.backend import Backend
 from ..balancer.service import Service
-from ..routing.route import Route, redirect_location
+from ..routing.route import Route
 from ..traffic.breaker import CLOSED
 from . import failures as F
-from . import responses
+from . import responses, route_answers
 from . import upstream as _upstream  # a module import: compiled, upstream cimports Exchange
 from .failures import Failure
 from .flow import PAUSE_BUFFER, PAUSE_UPSTREAM
@@ -124,20 +124,8 @@ class Exchange:
         or the rate limits, then the service."""
         route = self.route
         assert route is not None
-        if route.fixed is not None:
-            status, headers, body = route.fixed
-            self.reply(status, body, headers, None)  # the route's headers carry the type
-            return
-        if route.redirect is not None:
-            listener = self.client.listener
-            status, location = redirect_location(
-                route.redirect,
-                listener.scheme,
-                (self.info.host or listener.default_host).decode("latin-1"),
-                self.path,
-                self.query,
-            )
-            self.reply(status, b"", [(b"location", location)])
+        if route.fixed is not None or route.redirect is not None:
+            route_answers.answer(self, route)  # `respond` or `redirect`: no backend
             return
         if route.limiter is not None and not route.limiter.admit(self):
             return  # the limiter answered 429, or calls forward() once it has decided
@@ -494,12 +482,8 @@ class Exchange:
         """lb itself could not open a connection: 503, and nothing held against the backend."""
         if self.phase == DONE:
             return
-        b, svc = self.backend, self.service
-        if b is not None and svc is not None:
-            self.backend = None
-            svc.release(b)
         self.failure = F.NO_DESCRIPTORS
-        self.reply_error(503)
+        self.reply_error(503)  # _finish gives the picker slot back
 
     def _retry_later(self, failure: Failure) -> None:
         route = self.route
