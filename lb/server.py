@@ -35,7 +35,7 @@ class Server:
     ) -> None:
         self.config_path = config_path
         # What the files looked like when last read: the watcher reloads when they change.
-        self.config_signature = signature(config_path)
+        self.config_signature = signature(config_path, loaded.inputs)
         self.loop = asyncio.get_running_loop()
         self.runtime = Runtime(loaded, self.loop, Descriptors(raise_descriptor_limit()))
         self.reuse_port = reuse_port
@@ -128,7 +128,8 @@ class Server:
     async def reload(self) -> tuple[bool, list[str]]:
         """Validate and compile off the request path, then swap; a bad config changes nothing."""
         async with self.reload_lock:
-            self.config_signature = signature(self.config_path)
+            running = self.runtime.loaded.inputs
+            self.config_signature = signature(self.config_path, running)
             try:
                 loaded = await self.loop.run_in_executor(None, load, self.config_path)
             except ConfigError as exc:

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError, Mark, Problem
+from .inputs import digest_of, input_files
 from .model import Config
 from .schema import Builder, mark_of, marks
 
@@ -21,6 +22,7 @@ class Loaded:
     files: tuple[str, ...]
     digest: str  # sha256 of the files' bytes: the config "hash" shown to operators
     warnings: tuple[Problem, ...]
+    inputs: tuple[str, ...] = ()  # the files it names for lb to read (lb/config/inputs.py)
 
 
 def config_files(path: str) -> list[str]:
@@ -73,7 +75,9 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> Loaded:
     if errors or config is None:
         raise ConfigError(errors or b.problems)
     warnings = tuple(p for p in b.problems if p.severity == "warning")
-    return Loaded(config, tuple(files), digest.hexdigest(), warnings)
+    inputs = input_files(config)
+    digest.update(digest_of(inputs))
+    return Loaded(config, tuple(files), digest.hexdigest(), warnings, inputs)
 
 
 def _loader(name: str) -> type[yaml.SafeLoader]:

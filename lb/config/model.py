@@ -14,6 +14,7 @@ from .fieldtypes import (
     Address,
     Duration,
     GrpcStatus,
+    InputFile,
     NonNegative,
     Percent,
     Positive,
@@ -68,9 +69,9 @@ class Consul:
         default_factory=lambda: os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500")
     )
     token: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
+    ca_file: InputFile | None = None
+    cert_file: InputFile | None = None
+    key_file: InputFile | None = None
     consistency: Literal["default", "stale", "consistent"] = "default"
     wait: Duration = 300.0
     auto: bool = False
@@ -132,7 +133,7 @@ class Pool:
 
 @dataclass
 class UpstreamTls:
-    ca: str | None = None  # None: system trust store
+    ca: InputFile | None = None  # None: system trust store
     sni: str | None = None
     verify: bool = True
 
