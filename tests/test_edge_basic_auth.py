@@ -88,7 +88,7 @@ async def test_forward_authorization_and_the_verification_cache(
             client.close()
             assert verified == [b"s3cret"]  # once; then the cache answered
             assert len(policy.cache) == 1  # one entry, keyed on a hash: no password in it
-            assert all(len(k) == 32 and b"s3cret" not in k for k in policy.cache)
+            assert all(type(k) is int for k in policy.cache)
             assert [s.header("authorization") for s in be.seen] == ["Basic YWxpY2U6czNjcmV0"] * 6
 
 
