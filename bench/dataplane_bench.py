@@ -9,7 +9,8 @@ picking, forwarding, accounting.
     python bench/dataplane_bench.py --one      # this process only, as imported
     python bench/dataplane_bench.py --one --prof   # cProfile table (pure Python only)
     python bench/dataplane_bench.py --one --no-metrics   # without the metrics observer
-    python bench/dataplane_bench.py --one --edge   # lb_edge's policies (bench/edge_fixture.py)
+    python bench/dataplane_bench.py --one --edge policies   # lb_edge's (bench/edge_fixture.py)
+    python bench/dataplane_bench.py --one --edge request    # its request, no policies
 
 Run from the repository root. The pure-Python figure comes from a child process with
 LB_PURE_PYTHON=1, which imports the .py twins of the compiled data-path modules.
@@ -102,7 +103,7 @@ def edge_config(home: Path) -> tuple[str, bytes]:
 
 
 async def measure(
-    n: int, rounds: int, prof: bool, metrics: bool, policies: bool, edge: bool
+    n: int, rounds: int, prof: bool, metrics: bool, policies: bool, edge: str
 ) -> tuple[str, list[float]]:
     import lb.compiled
     from lb.config import load
@@ -118,8 +119,9 @@ async def measure(
     home = tempfile.TemporaryDirectory()
     text, req = (POLICIES if policies else CONFIG), REQ
     if edge:
-        text, req = edge_config(Path(home.name))
-        if os.environ.get('NOPOL'): text = CONFIG
+        edge_text, req = edge_config(Path(home.name))
+        if edge == "policies":  # else the same request to plain lb: the difference is theirs
+            text = edge_text
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(text)
     try:
@@ -128,7 +130,7 @@ async def measure(
         os.unlink(f.name)
     rt = Runtime(loaded, loop, Descriptors(1 << 20))
     server = SimpleNamespace(runtime=rt, loop=loop, extensions=[])
-    if edge and not os.environ.get('NOPOL'):
+    if edge == "policies":
         from lb.edge.install import install as install_edge
 
         install_edge(server)  # type: ignore[arg-type]
@@ -198,7 +200,7 @@ async def measure(
     return lb.compiled.implementation(), results
 
 
-def run_one(n: int, rounds: int, prof: bool, metrics: bool, policies: bool, edge: bool) -> None:
+def run_one(n: int, rounds: int, prof: bool, metrics: bool, policies: bool, edge: str) -> None:
     import uvloop
 
     impl, results = uvloop.run(measure(n, rounds, prof, metrics, policies, edge))
@@ -206,8 +208,12 @@ def run_one(n: int, rounds: int, prof: bool, metrics: bool, policies: bool, edge
 
 
 def child(
-    pure: bool, n: int, rounds: int, metrics: bool = True, policies: bool = False,
-    edge: bool = False,
+    pure: bool,
+    n: int,
+    rounds: int,
+    metrics: bool = True,
+    policies: bool = False,
+    edge: str = "",
 ) -> tuple[str, float, float]:
     env = dict(os.environ)
     env.pop("LB_PURE_PYTHON", None)
@@ -219,7 +225,7 @@ def child(
     if policies:
         cmd.append("--policies")
     if edge:
-        cmd.append("--edge")
+        cmd += ["--edge", edge]
     out = subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True)
     impl, best, med = out.stdout.split()[-3:]
     return impl, float(best), float(med)
@@ -233,7 +239,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-metrics", action="store_true", help="without the metrics observer")
     ap.add_argument("--policies", action="store_true", help="a rate limit and breakers on")
-    ap.add_argument("--edge", action="store_true", help="lb_edge's policies configured")
+    ap.add_argument(
+        "--edge", choices=("request", "policies"), default="",
+        help="lb_edge's request, to plain lb or with lb_edge's policies",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.one:
         run_one(args.n, args.rounds, args.prof, not args.no_metrics, args.policies, args.edge)
@@ -244,19 +253,23 @@ def main() -> None:
     pure: list[float] = []
     policed: list[float] = []
     edged: list[float] = []
+    edge_base: list[float] = []
     impl = "python"
     for _ in range(3):
         impl, best, _ = child(False, args.n, args.rounds)
         compiled.append(best)
         bare.append(child(False, args.n, args.rounds, metrics=False)[1])
         policed.append(child(False, args.n, args.rounds, policies=True)[1])
-        edged.append(child(False, args.n, args.rounds, edge=True)[1])
+        edged.append(child(False, args.n, args.rounds, edge="policies")[1])
+        edge_base.append(child(False, args.n, args.rounds, edge="request")[1])
         pure.append(child(True, args.n, args.rounds)[1])
     c, m, p, q, e = min(compiled), min(bare), min(pure), min(policed), min(edged)
     print(f"data path as imported ({impl}): {c:.2f} us/request (best of {len(compiled)} runs)")
     print(f"  the same without metrics:      {m:.2f} us/request (metrics cost {c - m:.2f} us)")
     print(f"  with a rate limit and breakers: {q:.2f} us/request (they cost {q - c:.2f} us)")
-    print(f"  with lb_edge's policies:       {e:.2f} us/request (they cost {e - c:.2f} us)")
+    b = min(edge_base)
+    print(f"  lb_edge's request, no policies: {b:.2f} us/request")
+    print(f"  with lb_edge's policies:       {e:.2f} us/request (they cost {e - b:.2f} us)")
     print(f"pure Python (LB_PURE_PYTHON=1):   {p:.2f} us/request")
     print(f"compiled saves {100 * (1 - c / p):.0f}% of the Python-level cost")
 

@@ -71,10 +71,10 @@ class Verifier:
 class BasicAuthPolicy:
     """One route's basic auth: its users, and the credentials it verified lately."""
 
-    name = "basic_auth"
-    __slots__ = ("cache", "challenge", "strip", "ttl", "users", "verifier")
+    __slots__ = ("cache", "challenge", "name", "strip", "ttl", "users", "verifier")
 
     def __init__(self, cfg: BasicAuth, users: dict[bytes, str], verifier: Verifier) -> None:
+        self.name = "basic_auth"
         self.users = users
         self.verifier = verifier
         self.ttl = float(cfg.cache)

@@ -63,13 +63,13 @@ class Invalid(Exception):
 
 
 class JwtPolicy:
-    name = "jwt"
     __slots__ = (
         "_cached_keys", "_refusals", "algorithms", "audiences", "cache", "claims", "cookie",
-        "issuer", "missing", "options", "realm", "skew", "source", "strip",
+        "issuer", "missing", "name", "options", "realm", "skew", "source", "strip",
     )  # fmt: skip
 
     def __init__(self, cfg: Jwt, source: KeySource) -> None:
+        self.name = "jwt"
         self.source = source
         self.algorithms = frozenset(cfg.algorithms)
         self.issuer = cfg.issuer
