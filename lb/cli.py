@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -74,18 +75,47 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         return run_worker(args, loaded)
     if args.workers not in (None, "1", 1):
+        if args.upgrade_from or args.upgrade_socket:
+            print("--upgrade-from and --upgrade-socket: not with --workers yet", file=sys.stderr)
+            return 2
         from .workers import supervise
 
         return supervise(args, loaded)
-    return run_server(args.config, loaded)
+    return run_server(args.config, loaded, args.upgrade_from, args.upgrade_socket)
 
 
-def run_server(config_path: str, loaded: object, reuse_port: bool = False) -> int:
+def run_server(
+    config_path: str, loaded: object, upgrade_from: str | None, upgrade_socket: str | None
+) -> int:
     from .server import Server
+    from .upgrade import Successor, UpgradeError, UpgradeListener, notify_systemd
 
-    async def main() -> None:
-        server = Server(config_path, loaded, reuse_port=reuse_port)  # type: ignore[arg-type]
-        await server.serve()
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        successor = Successor(upgrade_from) if upgrade_from else None
+        inherited = None
+        if successor is not None:
+            try:
+                inherited = await loop.run_in_executor(None, successor.take_sockets)
+            except (OSError, UpgradeError) as exc:
+                logging.getLogger("lb.upgrade").error("cannot upgrade: %s", exc)
+                return 1
+        server = Server(config_path, loaded, inherited=inherited)  # type: ignore[arg-type]
+        await server.start()
+        if successor is not None:
+            try:
+                await loop.run_in_executor(None, successor.finish)
+            except (OSError, UpgradeError) as exc:
+                # Both serve now; the old one drains on its own if it got "ready".
+                logging.getLogger("lb.upgrade").warning("upgrade hand-over: %s", exc)
+        if upgrade_socket:
+            listener = UpgradeListener(server, upgrade_socket)
+            await listener.start()
+            server.extensions.append(listener)
+        notify_systemd(f"MAINPID={os.getpid()}\nREADY=1")
+        await server.stopping.wait()
+        await server.shutdown(server.grace())
+        return 0
 
     return run_loop(main)
 
@@ -119,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="serve traffic")
     run.add_argument("-c", "--config", required=True, help="YAML file or directory")
     run.add_argument("--workers", default=None, help="worker processes (N or auto)")
+    run.add_argument(
+        "--upgrade-from", default=None, metavar="PATH",
+        help="take the listening sockets over from the lb serving upgrades at PATH",
+    )  # fmt: skip
+    run.add_argument(
+        "--upgrade-socket", default=None, metavar="PATH",
+        help="serve upgrades (hand the listening sockets to a successor) at PATH",
+    )  # fmt: skip
     # Set by the supervisor on the command lines of its workers (lb.workers), not by people.
     run.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--shm", default=None, help=argparse.SUPPRESS)
