@@ -75,9 +75,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         return run_worker(args, loaded)
     if args.workers not in (None, "1", 1):
-        if args.upgrade_from or args.upgrade_socket:
-            print("--upgrade-from and --upgrade-socket: not with --workers yet", file=sys.stderr)
-            return 2
         from .workers import supervise
 
         return supervise(args, loaded)
@@ -88,29 +85,19 @@ def run_server(
     config_path: str, loaded: object, upgrade_from: str | None, upgrade_socket: str | None
 ) -> int:
     from .server import Server
-    from .upgrade import Successor, UpgradeError, UpgradeListener, notify_systemd
+    from .upgrade import UpgradeError, complete, notify_systemd, offer_upgrades, take_over
 
     async def main() -> int:
-        loop = asyncio.get_running_loop()
-        successor = Successor(upgrade_from) if upgrade_from else None
-        inherited = None
-        if successor is not None:
-            try:
-                inherited = await loop.run_in_executor(None, successor.take_sockets)
-            except (OSError, UpgradeError) as exc:
-                logging.getLogger("lb.upgrade").error("cannot upgrade: %s", exc)
-                return 1
+        try:
+            successor, inherited = await take_over(upgrade_from)
+        except (OSError, UpgradeError) as exc:
+            logging.getLogger("lb.upgrade").error("cannot upgrade: %s", exc)
+            return 1
         server = Server(config_path, loaded, inherited=inherited)  # type: ignore[arg-type]
         await server.start()
-        if successor is not None:
-            try:
-                await loop.run_in_executor(None, successor.finish)
-            except (OSError, UpgradeError) as exc:
-                # Both serve now; the old one drains on its own if it got "ready".
-                logging.getLogger("lb.upgrade").warning("upgrade hand-over: %s", exc)
-        if upgrade_socket:
-            listener = UpgradeListener(server, upgrade_socket)
-            await listener.start()
+        await complete(successor)
+        listener = await offer_upgrades(server, upgrade_socket)
+        if listener is not None:
             server.extensions.append(listener)
         notify_systemd(f"MAINPID={os.getpid()}\nREADY=1")
         await server.stopping.wait()

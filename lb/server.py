@@ -21,7 +21,7 @@ from .proxy.listener import ListenerRuntime
 from .proxy.tcp.listener import TcpListenerRuntime
 from .runtime import Runtime
 from .traffic.control import install as install_traffic_control
-from .upgrade import HANDOVER_GRACE, Inherited
+from .upgrade import HANDOVER_GRACE, Inherited, Offer
 
 log = logging.getLogger("lb")
 
@@ -44,7 +44,7 @@ class Server:
         self.reuse_port = reuse_port
         # A predecessor's listening sockets (lb/upgrade.py), used where the config listens.
         self.inherited = inherited
-        self.handed_over = False  # a successor serves: drain with HANDOVER_GRACE
+        self.superseded = False  # a successor serves: drain with HANDOVER_GRACE
         # One per listening address, kept across reloads while some listener binds there.
         self.acceptors: dict[tuple[str, int], Acceptor] = {}
         # Listeners a reload removed (or switched between http and tcp), until their last
@@ -189,12 +189,28 @@ class Server:
         await self.shutdown(self.grace())
 
     def grace(self) -> float:
-        return HANDOVER_GRACE if self.handed_over else 0.0
+        return HANDOVER_GRACE if self.superseded else 0.0
 
     def stop_accepting(self) -> None:
         for acceptor in self.acceptors.values():
             acceptor.close()
         self.acceptors = {}
+
+    # -- upgrades (lb/upgrade.py) -----------------------------------------------------------------
+    def handover_sockets(self) -> Offer:
+        listeners = [(address, acc.sock) for address, acc in self.acceptors.items()]
+        admin = self.admin.listening_socket() if self.admin is not None else None
+        return listeners, admin, {}
+
+    def handover_abandoned(self) -> None:
+        """Nothing changed here before the successor said it served."""
+
+    async def handed_over(self, ready: dict[str, object]) -> None:
+        self.stop_accepting()
+        if self.admin is not None:
+            await self.admin.stop_listening()
+        self.superseded = True
+        self.stopping.set()
 
     async def shutdown(self, grace: float = 0.0) -> None:
         """Stop accepting, close idle connections, let in-flight ones finish up to the drain.

@@ -20,6 +20,15 @@ on the old process, a WebSocket or a stream, finishes there within the listeners
 keep-alive connections get `Connection: close` on their next response (or are closed once
 idle past the grace), so their clients reconnect to the new process.
 
+With `--workers N` the supervisors hand over the admin port and tell each other where their
+workers serve upgrades (`"workers": [PATH.w0, ...]` in the sockets message): new worker i
+takes over from old worker i by the same exchange, before the new supervisor says "ready".
+Meanwhile the old supervisor restarts none of its workers that leave (they drain once their
+successor serves), unless the upgrade is abandoned. An old tree with more workers than the new
+one stops its extra workers, whose listening sockets then close (the kernel resets what waits
+in their backlog; keep the count when upgrading). The two trees do not share in-flight counts
+or in-process rate-limit state while both run.
+
 Under systemd the successor tells the service manager that it is the main process now
 (`sd_notify`: MAINPID and READY=1, with `NotifyAccess=all`), so the unit keeps running when
 the old process exits.
@@ -34,14 +43,14 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .server import Server
+from typing import Protocol
 
 log = logging.getLogger("lb.upgrade")
 
 Address = tuple[str, int]
+# What a predecessor hands over: listening sockets by address, the admin port's, and what
+# else the sockets message says
+Offer = tuple[list[tuple[Address, socket.socket]], socket.socket | None, dict[str, object]]
 HANDSHAKE_TIMEOUT = 30.0  # seconds each side waits for the other's next message
 HANDOVER_GRACE = 1.0  # idle keep-alive connections get this long to send one last request
 _MAX_MESSAGE = 65536
@@ -54,6 +63,7 @@ class Inherited:
 
     listeners: dict[Address, socket.socket] = field(default_factory=dict)
     admin: socket.socket | None = None
+    workers: list[str] = field(default_factory=list)  # a supervisor's: its workers' paths
 
     def take(self, address: Address) -> socket.socket | None:
         return self.listeners.pop(address, None)
@@ -128,7 +138,10 @@ class Successor:
             for fd in fds:
                 os.close(fd)
             raise UpgradeError("the sockets handed over do not match their addresses")
-        inherited = Inherited()
+        workers = message.get("workers") or []
+        inherited = Inherited(
+            workers=[str(w) for w in workers] if isinstance(workers, list) else []
+        )
         for (host, port), fd in zip(listeners, fds, strict=False):
             inherited.listeners[(str(host), int(port))] = _listening(fd)
         if admin is not None:
@@ -136,10 +149,14 @@ class Successor:
         log.info("took %d listening sockets over from pid %s", len(fds), message.get("pid", "?"))
         return inherited
 
-    def finish(self) -> None:
-        """Blocking: tell the predecessor this lb serves, wait until it has stopped accepting."""
+    def finish(self, workers: int | None = None) -> None:
+        """Blocking: tell the predecessor this lb serves, wait until it has stopped accepting.
+        A supervisor says how many of the predecessor's workers its own took over."""
+        message: dict[str, object] = {"op": "ready"}
+        if workers is not None:
+            message["workers"] = workers
         try:
-            _send(self.sock, {"op": "ready"})
+            _send(self.sock, message)
             _expect(self.sock, "done")
         finally:
             self.sock.close()
@@ -152,10 +169,28 @@ def _listening(fd: int) -> socket.socket:
 
 
 # -- the running lb's side ---------------------------------------------------------------------
-class UpgradeListener:
-    """A Server extension: serves one hand-over at a time at `path`."""
+class Predecessor(Protocol):
+    """What hands over: a Server (lb/server.py) or a supervisor (lb/workers/supervisor.py)."""
 
-    def __init__(self, server: Server, path: str) -> None:
+    reload_lock: asyncio.Lock
+
+    def handover_sockets(self) -> Offer:
+        """The listening sockets by address, the admin port's, and what else to say."""
+        ...
+
+    def handover_abandoned(self) -> None:
+        """The successor left before it served: carry on as before."""
+        ...
+
+    async def handed_over(self, ready: dict[str, object]) -> None:
+        """The successor serves (`ready` is its message): stop accepting and drain."""
+        ...
+
+
+class UpgradeListener:
+    """A Server or supervisor extension: serves one hand-over at a time at `path`."""
+
+    def __init__(self, server: Predecessor, path: str) -> None:
         self.server = server
         self.path = path
         self.sock: socket.socket | None = None
@@ -205,6 +240,7 @@ class UpgradeListener:
                 conn.close()
             if done:
                 return
+            self.server.handover_abandoned()
 
     async def _hand_over(self, conn: socket.socket) -> bool:
         loop = asyncio.get_running_loop()
@@ -213,30 +249,55 @@ class UpgradeListener:
         server = self.server
         async with server.reload_lock:  # the acceptors stay as they are meanwhile
             hello, _ = await loop.run_in_executor(None, _expect, conn, "hello")
-            addresses = list(server.acceptors)
-            fds = [server.acceptors[a].sock.fileno() for a in addresses]
-            admin = server.admin.listening_socket() if server.admin is not None else None
+            listeners, admin, extra = server.handover_sockets()
+            fds = [sock.fileno() for _, sock in listeners]
             if admin is not None:
                 fds.append(admin.fileno())
             message = {
+                **extra,
                 "op": "sockets",
                 "pid": os.getpid(),
-                "listeners": [list(a) for a in addresses],
+                "listeners": [list(address) for address, _ in listeners],
                 "admin": list(admin.getsockname()[:2]) if admin is not None else None,
             }
             await loop.run_in_executor(None, _send, conn, message, fds)
             log.info("listening sockets handed to pid %s; waiting for it", hello.get("pid"))
             # A successor that dies or gives up before "ready" leaves this lb as it was.
-            await loop.run_in_executor(None, _expect, conn, "ready")
-            server.stop_accepting()
-            if server.admin is not None:
-                await server.admin.stop_listening()
+            ready, _ = await loop.run_in_executor(None, _expect, conn, "ready")
             self._close()
+            await server.handed_over(ready)
             await loop.run_in_executor(None, _send, conn, {"op": "done"})
         log.info("upgraded: pid %s serves now; draining", hello.get("pid"))
-        server.handed_over = True
-        server.stopping.set()
         return True
+
+
+# -- the steps of a start, for `lb run` and each worker ------------------------------------------
+async def take_over(path: str | None) -> tuple[Successor | None, Inherited | None]:
+    """The predecessor's sockets when `path` is given; raises UpgradeError or OSError."""
+    if not path:
+        return None, None
+    successor = Successor(path)
+    inherited = await asyncio.get_running_loop().run_in_executor(None, successor.take_sockets)
+    return successor, inherited
+
+
+async def complete(successor: Successor | None, workers: int | None = None) -> None:
+    """Once this lb serves: the predecessor stops accepting."""
+    if successor is None:
+        return
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, successor.finish, workers)
+    except (OSError, UpgradeError) as exc:
+        # Both accept now; the predecessor drains by itself once it has read "ready".
+        log.warning("upgrade hand-over: %s", exc)
+
+
+async def offer_upgrades(owner: Predecessor, path: str | None) -> UpgradeListener | None:
+    if not path:
+        return None
+    listener = UpgradeListener(owner, path)
+    await listener.start()
+    return listener
 
 
 def notify_systemd(message: str) -> None:

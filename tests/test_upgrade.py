@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from conftest import Client, free_port, lb_yaml
 from procs import LbProcess
@@ -98,14 +99,17 @@ async def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignor
         await asyncio.sleep(0.05)
 
 
-async def test_ten_upgrades_under_load_refuse_and_fail_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [(), ("--workers", "2")], ids=["one-process", "workers"])
+async def test_ten_upgrades_under_load_refuse_and_fail_nothing(
+    tmp_path: Path, workers: tuple[str, ...]
+) -> None:
     release = asyncio.Event()
     port, admin = free_port(), free_port()
     sock = str(tmp_path / "lb.sock")
     config = tmp_path / "lb.yaml"
     async with app_backend(release) as backend, aiohttp.ClientSession() as http:
         config.write_text(lb_yaml([backend], port=port, admin_port=admin))
-        procs = [LbProcess(config, "--upgrade-socket", sock)]
+        procs = [LbProcess(config, "--upgrade-socket", sock, *workers)]
         load = Load(port)
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -118,7 +122,7 @@ async def test_ten_upgrades_under_load_refuse_and_fail_nothing(tmp_path: Path) -
             for i in range(UPGRADES):
                 log = tmp_path / f"lb-{i}.yaml"  # LbProcess logs beside its config's name
                 log.write_text(config.read_text())
-                new = LbProcess(log, "--upgrade-from", sock, "--upgrade-socket", sock)
+                new = LbProcess(log, "--upgrade-from", sock, "--upgrade-socket", sock, *workers)
                 await wait_for(
                     lambda new=new: "serving upgrades" in new.output(), 20, f"upgrade {i}"
                 )

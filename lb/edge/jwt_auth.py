@@ -140,9 +140,7 @@ class JwtPolicy:
                 claims = self._verify(token, keys)
             except Invalid as exc:
                 return self._invalid(str(exc))
-            headers = [
-                (h, v) for name, h in self.claims if (v := _claim(claims, name)) is not None
-            ]
+            headers = [(h, v) for name, h in self.claims if (v := _claim(claims, name)) is not None]
             exp = claims.get("exp")
             ttl = CACHE_TTL
             if isinstance(exp, int | float):
