@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import Client, free_port, lb_yaml
+from conftest import Client, free_port, lb_yaml, serve_app
 from procs import LbProcess
 
 CONNECTIONS = 64
@@ -40,14 +40,8 @@ async def app_backend(release: asyncio.Event) -> AsyncIterator[str]:
     app.router.add_get("/", plain)
     app.router.add_get("/slow", slow)
     app.router.add_get("/ws", ws)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as address:
+        yield address
 
 
 class Load:
