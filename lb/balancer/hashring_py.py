@@ -8,6 +8,7 @@ the ring, the Maglev table, the walk with bounded loads and slow start.
 
 from __future__ import annotations
 
+import bisect
 import operator
 from array import array
 from collections.abc import Sequence
@@ -222,14 +223,7 @@ class HashTable:
         n = len(self._entries)
         if self.kind == MAGLEV:
             return h % n
-        lo, hi = 0, n
-        points = self._points
-        while lo < hi:  # the first point >= h
-            mid = (lo + hi) >> 1
-            if points[mid] < h:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = bisect.bisect_left(self._points, h)  # the first point >= h (compiled: bucketed)
         return 0 if lo == n else lo
 
     def _pick(self, h: int, panic: bool) -> int:
