@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             for size in SIZES:
                 ns = measure(run_table, build(cls, kind, size, bounded), args.repeats)
                 results.setdefault(label, {}).setdefault(impl, {})[str(size)] = round(ns, 1)
-    impl = next(iter(implementations))  # the service path runs whatever lb loads
+    from lb.balancer.hashring import IMPLEMENTATION as impl  # what the service path loads
+
     for mode in ("ring_hash", "maglev"):
         for size in SIZES:
             ns = measure(run_service, service_pick(size, mode), args.repeats)
