@@ -52,6 +52,7 @@ def extensions() -> list:
     }
     exts = [
         Extension("lb._picker", ["ext/picker.pyx"], **common),
+        Extension("lb._hashring", ["ext/hashring.pyx"], **common),
         Extension("lb._shm", ["ext/shm.pyx"], **common),
     ]
     try:

@@ -12,6 +12,9 @@ ones before it set up):
 2. traffic control (`lb.traffic.control.install`): `Route.limiter` (an `Admitter`),
    `Route.retry`, `Service.gate` (a `Gate`), backend breakers, and an `Observer` +
    `FailureHook` while some service needs outcomes;
+   then consistent hashing and affinity (`lb.balancer.install.install`): `Service.balance`
+   for services with a hash mode or an affinity cookie, which the exchange asks instead of
+   its inline least-connections pick;
 3. the admin server, which the next step registers its metrics with;
 4. observability (`lb.observe.install`): the metrics `Observer` + `FailureHook` and the
    access-log `Observer`, each attached only while enabled, so that what is off costs nothing;

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from .balance_model import Affinity, Balance
 from .edge_model import BasicAuth, ClientInFlight, ForwardAuth, IpFilter, Jwt
 from .fieldtypes import (
     Address,
@@ -232,6 +233,9 @@ class Service:
     # How lb speaks to the backends of an HTTP listener's routes: HTTP/1.1 (a keep-alive pool)
     # or HTTP/2 (h2c by prior knowledge, or ALPN h2 with tls; streams multiplexed on a pool).
     protocol: Literal["http1", "h2"] = "http1"
+    # which backend a request goes to (lb/config/balance_model.py)
+    balance: Balance = field(default_factory=Balance)
+    affinity: Affinity | None = None
 
     def check(self, report: Report) -> None:
         if self.protocol == "h2":

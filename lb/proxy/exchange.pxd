@@ -43,6 +43,7 @@ cdef class Exchange:
     cdef public long retries
     cdef public long retry_slots
     cdef public long redispatches
+    cdef public object set_cookie
     # the attempt under way
     cdef public Upstream upstream
     cdef public bint _paused_upstream

@@ -43,8 +43,8 @@ class Exchange:
         "early", "failure", "gate", "guard", "http10", "info", "keep_alive", "last_backend",
         "method", "path", "phase", "query", "redispatches", "refused_by", "replayable", "req_done",
         "resp_bytes", "response_done", "response_started", "retries", "retry_slots", "route",
-        "service", "status", "t0", "t_upstream", "target", "trailers", "tried", "upgrade",
-        "upstream", "upstream_name",
+        "service", "set_cookie", "status", "t0", "t_upstream", "target", "trailers", "tried",
+        "upgrade", "upstream", "upstream_name",
     )
     # fmt: on
 
@@ -101,6 +101,7 @@ class Exchange:
         self.guard: Holder | None = None  # an edge policy holding a slot, left in _finish
         self.refused_by: str | None = None  # the edge policy that answered it, if one did
         self.last_backend: Backend | None = None
+        self.set_cookie: tuple[bytes, bytes] | None = None  # affinity (lb/balancer/affinity.py)
 
     # -- starting -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,9 +157,10 @@ class Exchange:
         now = self.client.loop.time()
         b = None
         tried = self.tried
-        if tried is None:
-            # The common case inline; a backend whose breaker is not closed goes through
-            # Service.pick, which enforces half-open probe quotas.
+        if service.balance is not None:  # consistent hashing, affinity (lb/balancer/balance.py)
+            b = service.balance.pick(self, now, tried)
+        elif tried is None:
+            # The common case inline; a breaker not closed: Service.admit's half-open quotas.
             slot = service.picker.pick(now, service.panic)
             if slot >= 0:
                 b = service.by_slot[slot]
@@ -264,11 +266,9 @@ class Exchange:
 
     def _await_response_head(self, conn: Upstream) -> None:
         route = self.route
-        timeout = (
-            route.response_head_timeout
-            if route and route.response_head_timeout
-            else self.service.head_timeout
-        )
+        timeout = self.service.head_timeout
+        if route is not None and route.response_head_timeout:
+            timeout = route.response_head_timeout
         if route is not None and route.retry is not None and route.retry.per_try_timeout:
             timeout = min(timeout, route.retry.per_try_timeout)  # each attempt its own wait
         conn.deadline.set(timeout, "response-head")
@@ -345,6 +345,8 @@ class Exchange:
         fwd = info.forward
         if route is not None and route.response_rules is not None:
             fwd = route.response_rules.apply(fwd)
+        if self.set_cookie is not None:
+            fwd = [*fwd, self.set_cookie]
         self.phase = TUNNEL if status == 101 and self.upgrade else STREAMING
         length = info.content_length
         self.client.send_head(self, status, fwd, -1 if length is None else length)
@@ -459,9 +461,8 @@ class Exchange:
             and self.method in F.IDEMPOTENT
             and self.attempts - self.retries == 1
         ):
-            # A pooled connection that closed as we reused it, before any answer: the backend
-            # closed it idle, or died. Once, not counted against it, and elsewhere: if it died,
-            # going back to it would fail again.
+            # A pooled connection closed as we reused it, before any answer (idle, or the backend
+            # died): once, not counted against it, and elsewhere, in case it died.
             self.dispatch()
             return
         if failure is F.REFUSED_STREAM and can_replay and self.redispatches < F.REDISPATCH_REFUSED:
