@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .admin.app import AdminServer
+from .compress.install import install as install_compression
 from .config import ConfigError, Loaded, load
 from .config.watch import ConfigWatcher, signature
 from .discovery.manager import install as install_discovery
@@ -64,6 +65,7 @@ class Server:
         self._install_signals()
         install_edge(self)
         install_traffic_control(self)
+        install_compression(self)
         self.admin = (self.admin_factory or AdminServer)(self)
         install_observability(self)
         install_discovery(self)

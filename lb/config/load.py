@@ -157,6 +157,8 @@ def _cross_check(b: Builder, c: Config) -> None:
         for j, t in enumerate(r.split or []):
             if t is not None:
                 known(t.service, t, "service", f"routes[{i}].split[{j}].service")
+        if r.mirror is not None:
+            known(r.mirror.service, r.mirror, "service", f"routes[{i}].mirror.service")
         uses_redis = r.rate_limit is not None and r.rate_limit.backend == "redis"
         if uses_redis and c.redis is None:
             b.error(
