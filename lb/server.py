@@ -15,6 +15,7 @@ from .config.watch import ConfigWatcher, signature
 from .discovery.manager import install as install_discovery
 from .edge.install import install as install_edge
 from .listeners import ListenerPlan, prepare_listeners
+from .mirror.install import install as install_mirroring
 from .observe import install as install_observability
 from .proxy.accept import Acceptor, Descriptors, raise_descriptor_limit
 from .proxy.listener import ListenerRuntime
@@ -66,6 +67,7 @@ class Server:
         install_edge(self)
         install_traffic_control(self)
         install_compression(self)
+        install_mirroring(self)
         self.admin = (self.admin_factory or AdminServer)(self)
         install_observability(self)
         install_discovery(self)

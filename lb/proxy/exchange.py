@@ -147,6 +147,8 @@ class Exchange:
             self.reply_error(503)
             return
         self.service = service
+        if route.mirror is not None:
+            route.mirror.copy(self)  # a copy to the shadow, or not; may set self.mirror
         gate = service.gate
         if gate is not None:
             # Caps and the service breaker: the gate answers 503 itself, or swaps in the
@@ -284,6 +286,8 @@ class Exchange:
         """A body chunk from the client: to the backend if connected, else buffered (while
         connecting, or while queued behind an earlier pipelined request)."""
         self.body_bytes += len(chunk)
+        if self.mirror is not None:
+            self.mirror.body(self, chunk)
         if self.phase != HEAD:
             # A queued exchange cannot answer yet; its reading is paused, which bounds it.
             limit = self.client.body_limit(self)
@@ -314,6 +318,8 @@ class Exchange:
     def request_complete(self, trailers: list[tuple[bytes, bytes]]) -> None:
         self.req_done = True
         self.trailers = trailers  # kept for a retry, which sends the body again
+        if self.mirror is not None:
+            self.mirror.end(self)
         conn = self.upstream
         if conn is not None and not conn.closed and conn.transport is not None:
             if not self.response_started:
