@@ -43,16 +43,15 @@ def request_head(ex: Exchange) -> list[bytes]:
     parts = [ex.method, b" ", target, b" HTTP/1.1\r\n"]
     add_lines(parts, headers)
     parts += (b"host: ", shadow_host(host), b"\r\n")
-    add_lines(
-        parts,
-        [
-            (b"x-forwarded-for", xff),
-            listener.proto_header,
-            (b"x-request-id", info.request_id or b""),
-            (b"x-forwarded-host", host),
-            (b"connection", b"close"),
-        ],
-    )
+    forwarded = [
+        (b"x-forwarded-for", xff),
+        listener.proto_header,
+        (b"x-request-id", info.request_id or b""),
+        (b"connection", b"close"),
+    ]
+    if info.host is not None:
+        forwarded.append((b"x-forwarded-host", info.host))
+    add_lines(parts, forwarded)
     return parts
 
 

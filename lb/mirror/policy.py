@@ -44,7 +44,10 @@ class MirrorPolicy:
 
     def copy(self, ex: Exchange) -> None:
         """The exchange is about to be forwarded: copy it, or not; with a body still to come,
-        `ex.mirror` takes it (`MirrorCopy.body`, `end`)."""
+        `ex.mirror` takes it (`MirrorCopy.body`, `end`). Upgrades (WebSocket) are not
+        copied: a shadow cannot share the client's connection."""
+        if ex.upgrade:
+            return
         self._sum += self.percent
         if self._sum < 100.0:
             return
