@@ -10,11 +10,13 @@ from typing import Any
 
 from .admin.app import AdminServer
 from .balancer.install import install as install_balancing
+from .compress.install import install as install_compression
 from .config import ConfigError, Loaded, load
 from .config.watch import ConfigWatcher, signature
 from .discovery.manager import install as install_discovery
 from .edge.install import install as install_edge
 from .listeners import ListenerPlan, prepare_listeners
+from .mirror.install import install as install_mirroring
 from .observe import install as install_observability
 from .proxy.accept import Acceptor, Descriptors, raise_descriptor_limit
 from .proxy.downstream import ClientConnection
@@ -72,6 +74,8 @@ class Server:
         install_edge(self)
         install_traffic_control(self)
         install_balancing(self)
+        install_compression(self)
+        install_mirroring(self)
         self.admin = (self.admin_factory or AdminServer)(self)
         install_observability(self)
         install_discovery(self)

@@ -161,6 +161,15 @@ def _cross_check(b: Builder, c: Config) -> None:
         for j, t in enumerate(r.split or []):
             if t is not None:
                 known(t.service, t, "service", f"routes[{i}].split[{j}].service")
+        if r.mirror is not None:
+            known(r.mirror.service, r.mirror, "service", f"routes[{i}].mirror.service")
+            shadow = c.services.get(r.mirror.service)
+            if shadow is not None and shadow.protocol != "http1":
+                b.error(
+                    marks(r.mirror)["service"],
+                    f"routes[{i}].mirror.service",
+                    "copies go out over HTTP/1.1: the shadow service needs protocol: http1",
+                )
         uses_redis = r.rate_limit is not None and r.rate_limit.backend == "redis"
         if uses_redis and c.redis is None:
             b.error(

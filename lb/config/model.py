@@ -37,6 +37,7 @@ from .listener_model import (  # noqa: F401 (re-exported: model.Certificate and 
     RateLimit,
 )
 from .schema import Check, OneOrMany, marks
+from .shape_model import Compress, Mirror
 
 
 # -- control plane -----------------------------------------------------------------------------
@@ -406,11 +407,16 @@ class Route:
     jwt: Jwt | None = None
     forward_auth: ForwardAuth | None = None
     client_in_flight: ClientInFlight | None = None
+    compress: Compress | None = None  # lb/config/shape_model.py
+    mirror: Mirror | None = None
 
     def check(self, report: Report) -> None:
         actions = [a for a in ("service", "split", "redirect", "respond") if getattr(self, a)]
         if len(actions) != 1:
             report("", "a route needs exactly one action: service, split, redirect or respond")
+        for name in ("compress", "mirror"):
+            if getattr(self, name) is not None and not (self.service or self.split):
+                report(name, f"{name} applies to routes that forward (service or split)")
         if self.split is not None and sum(t.weight for t in self.split) == 0:
             report("split", "the split's weights add up to 0")
         if self.sticky is not None and self.split is None:
