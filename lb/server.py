@@ -9,8 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .admin.app import AdminServer
-from .config import ConfigError, Loaded, load
+from .config import ConfigError, Loaded
 from .config.watch import ConfigWatcher, signature
+from .discovery.kvconfig import KvConfig
 from .discovery.manager import install as install_discovery
 from .edge.install import install as install_edge
 from .listeners import ListenerPlan, prepare_listeners
@@ -54,8 +55,10 @@ class Server:
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_ok = True
         self.last_reload_errors: list[str] = []
+        # What a reload reads: the files, and the Consul KV documents of a config_source.
+        self.source = KvConfig(self, loaded)
         # Components with async start()/stop()/reconfigure(); stop() runs before draining.
-        self.extensions: list[Any] = [ConfigWatcher(self, interval=watch_interval)]
+        self.extensions: list[Any] = [ConfigWatcher(self, interval=watch_interval), self.source]
 
     async def start(self) -> None:
         """Everything is ready before the listeners open: the first request accepted is
@@ -131,7 +134,7 @@ class Server:
             running = self.runtime.loaded.inputs
             self.config_signature = signature(self.config_path, running)
             try:
-                loaded = await self.loop.run_in_executor(None, load, self.config_path)
+                loaded = await self.loop.run_in_executor(None, self.source.load)
             except ConfigError as exc:
                 errors = [str(p) for p in exc.problems]
                 for line in errors:
