@@ -183,7 +183,8 @@ class KvConfig:
         while True:
             await self._changed.wait()
             self._changed.clear()
-            await self.server.reload()
+            # A shutdown stops following, but never cuts an apply in half.
+            await asyncio.shield(self.server.reload())
 
     async def _write_cache(self, kv: KvSnapshot) -> None:
         assert self.source is not None
