@@ -30,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..config.errors import ConfigError, Mark, Problem
 from ..config.kv import KvSnapshot, load_with_kv, read_cache, source_of, write_cache
-from ..config.load import Loaded, load_documents, read_files
+from ..config.load import Document, Loaded, load_documents, read_files
 from ..config.schema import marks
 from ..config.source_model import ConsulSource, kv_folder
 from .consul import ConsulClient, ConsulError
@@ -50,17 +50,25 @@ async def load_from_source(path: str) -> Loaded:
     source = source_of(local)
     if source is None:
         return load_documents(local)
-    src = source.consul
+    return await _with_kv(local, source.consul)
+
+
+def load_at_boot(path: str) -> Loaded:
+    """load_from_source for `lb run`, before its event loop starts (a loop of its own only
+    when there is Consul to read)."""
+    local = read_files(path)
+    source = source_of(local)
+    if source is None:
+        return load_documents(local)
+    return asyncio.run(_with_kv(local, source.consul))
+
+
+async def _with_kv(local: list[Document], src: ConsulSource) -> Loaded:
     try:
         kv = await _read(src)
     except ConsulError as exc:
         kv = _from_cache(src, str(exc))
     return load_with_kv(local, kv)
-
-
-def load_at_boot(path: str) -> Loaded:
-    """load_from_source for `lb run`, before its event loop starts."""
-    return asyncio.run(load_from_source(path))
 
 
 def load_for_check(
