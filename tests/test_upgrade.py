@@ -102,9 +102,15 @@ async def test_ten_upgrades_under_load_refuse_and_fail_nothing(
     sock = str(tmp_path / "lb.sock")
     config = tmp_path / "lb.yaml"
     async with app_backend(release) as backend, aiohttp.ClientSession() as http:
-        # The WebSocket and the slow request outlive ten upgrades: a drain long enough.
-        drain = "    timeouts: {drain: 120s}\n"
-        config.write_text(lb_yaml([backend], port=port, admin_port=admin, extra_listener=drain))
+        # The WebSocket and the slow request outlive ten upgrades: a drain, a response-head
+        # and an idle timeout long enough.
+        drain = "    timeouts: {drain: 180s}\n"
+        slow = "    timeouts: {response_head: 180s, idle: 180s}\n"
+        config.write_text(
+            lb_yaml(
+                [backend], port=port, admin_port=admin, extra_listener=drain, extra_service=slow
+            )
+        )
         procs = [LbProcess(config, "--upgrade-socket", sock, *workers)]
         load = Load(port)
         tasks: list[asyncio.Task[None]] = []
