@@ -105,10 +105,10 @@ async def test_ten_upgrades_under_load_refuse_and_fail_nothing(
         # The WebSocket and the slow request outlive ten upgrades: a drain, a response-head
         # and an idle timeout long enough.
         drain = "    timeouts: {drain: 180s}\n"
-        slow = "    timeouts: {response_head: 180s, idle: 180s}\n"
+        waits = "    timeouts: {response_head: 180s, idle: 180s}\n"
         config.write_text(
             lb_yaml(
-                [backend], port=port, admin_port=admin, extra_listener=drain, extra_service=slow
+                [backend], port=port, admin_port=admin, extra_listener=drain, extra_service=waits
             )
         )
         procs = [LbProcess(config, "--upgrade-socket", sock, *workers)]
