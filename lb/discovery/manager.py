@@ -32,11 +32,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import model
 from .consul import CatalogWatch, ConsulClient, ConsulSettings, Instance, ServiceWatch
+from .fleet import FleetView
 from .register import SelfRegistration, registration_spec
 from .tagroutes import Conflict, TagPlan, plan_tag_routes
 
@@ -93,6 +95,7 @@ class DiscoveryManager:
         self._synced: set[str] = set()  # services that have had a first answer
         self.plan = TagPlan()
         self.registration = SelfRegistration(lambda: self._count_error(REGISTER_SOURCE))
+        self.fleet = FleetView(self, started_at=time.time())  # GET /api/fleet
         self._retired: set[asyncio.Task[None]] = set()  # cancelled watches, awaited by close()
         self._started = False
         self._stopping = False
@@ -200,7 +203,8 @@ class DiscoveryManager:
             self._catalog = None
         self._refresh_tag_routes()
         if not self._stopping:
-            await self.registration.configure(self.client, registration_spec(config))
+            spec = registration_spec(config, self.runtime.loaded.digest, self.fleet.started_at)
+            await self.registration.configure(self.client, spec)
 
     def _start_catalog(self) -> None:
         assert self.client is not None

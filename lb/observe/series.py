@@ -1,0 +1,178 @@
+"""The last 15 minutes of traffic per service and per backend, kept by lb itself for the
+dashboard's charts (`GET /api/series`).
+
+A background task samples the request-path counters (`recorder.py`) every `INTERVAL` seconds,
+at wall-clock multiples of it (so that the workers of `lb run --workers N` sample the same
+slots), and writes each series' increments into a fixed ring of `SLOTS` points: requests,
+errors (what `lb_requests_total` and the breaker count as errors: 5xx and failed exchanges)
+and the request-duration histogram's bucket counts. Nothing is added to the request path;
+rates and quantiles are computed when the API is read (`series_report.py`).
+
+Bounds: each service's first `BACKENDS_PER_SERVICE` backends with a metrics label (the order
+lb first saw them) get a series of their own; the others, folded or beyond that count, share
+one `other` series. At most `MAX_SERIES` series exist; a series whose service or backend has
+been gone for a whole window is dropped. Memory: 4 bytes x `WIDTH` x `SLOTS` per series
+(13 KiB), allocated when a series first has traffic.
+
+Increments are taken per BackendStats object: a backend that leaves (its counts go) or a stats
+object that starts over (its service was removed and added again) never yields a negative or
+a double-counted point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from array import array
+from collections.abc import Iterator
+from typing import Any
+
+from .recorder import BUCKETS, OTHER, BackendStats
+
+INTERVAL = 5.0
+SLOTS = 180  # 15 minutes
+WIDTH = 2 + len(BUCKETS) + 1  # requests, errors, one count per bucket (the last is +Inf)
+BACKENDS_PER_SERVICE = 10
+MAX_SERIES = 512
+
+Key = tuple[str, str | None]  # (service, None) for a service, (service, backend label)
+Row = list[int]
+
+
+def read(bs: BackendStats) -> Row:
+    row = [0] * WIDTH
+    row[0] = bs.requests
+    row[1] = bs.errors
+    for h in bs.durations.values():
+        for i, n in enumerate(h.counts):
+            row[2 + i] += n
+    return row
+
+
+def _add(into: Row, row: Row) -> None:
+    for i, n in enumerate(row):
+        into[i] += n
+
+
+class SeriesRing:
+    """Points of every series, in one shared ring of slots (oldest overwritten)."""
+
+    def __init__(self, slots: int = SLOTS) -> None:
+        self.slots = slots
+        self.times = array("d", bytes(8 * slots))  # wall-clock end of each slot's interval
+        self.spans = array("d", bytes(8 * slots))  # seconds each slot's increments cover
+        self.head = 0  # the next slot written
+        self.filled = 0
+        self.data: dict[Key, array[int]] = {}
+        self.seen: dict[Key, int] = {}  # the sample count when each series last had a reading
+        self.samples = 0
+        self.dropped = 0  # readings refused because MAX_SERIES series exist
+
+    def write(self, t: float, span: float, rows: dict[Key, Row]) -> None:
+        slot = self.head
+        self.times[slot] = t
+        self.spans[slot] = span
+        self.samples += 1
+        zero = bytes(4 * WIDTH)
+        for key, data in self.data.items():
+            if key not in rows:
+                data[slot * WIDTH : (slot + 1) * WIDTH] = array("I", zero)
+        for key, row in rows.items():
+            data = self.data.get(key)
+            if data is None:
+                if not any(row):
+                    continue  # no traffic yet: no memory either
+                if len(self.data) >= MAX_SERIES:
+                    self.dropped += 1
+                    continue
+                data = self.data[key] = array("I", bytes(4 * WIDTH * self.slots))
+            data[slot * WIDTH : (slot + 1) * WIDTH] = array("I", row)
+            self.seen[key] = self.samples
+        for key in [k for k, n in self.seen.items() if self.samples - n >= self.slots]:
+            del self.seen[key], self.data[key]
+        self.head = (slot + 1) % self.slots
+        self.filled = min(self.filled + 1, self.slots)
+
+    def order(self, last: int) -> Iterator[int]:
+        """The slots of the newest `last` points, oldest first."""
+        n = min(last, self.filled)
+        for i in range(n):
+            yield (self.head - n + i) % self.slots
+
+    def row(self, key: Key, slot: int) -> Row:
+        return list(self.data[key][slot * WIDTH : (slot + 1) * WIDTH])
+
+
+class SeriesSampler:
+    """Samples `metrics` into `ring` every INTERVAL seconds while started."""
+
+    def __init__(self, metrics: Any, ring: SeriesRing | None = None) -> None:
+        self.metrics = metrics
+        self.ring = ring or SeriesRing()
+        # What each BackendStats object had counted at the last sample.
+        self._last: dict[tuple[str, str], tuple[BackendStats, Row]] = {}
+        self._last_mono = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(INTERVAL - time.time() % INTERVAL)
+            self.sample()
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        rows, self._last = self._increments(commit=True)
+        t = round(time.time() / INTERVAL) * INTERVAL
+        self.ring.write(t, now - self._last_mono, rows)
+        self._last_mono = now
+
+    def live(self) -> tuple[float, dict[Key, Row]]:
+        """(seconds covered, increments per series) since the last sample, without sampling."""
+        rows, _ = self._increments(commit=False)
+        return time.monotonic() - self._last_mono, rows
+
+    def _increments(
+        self, *, commit: bool
+    ) -> tuple[dict[Key, Row], dict[tuple[str, str], tuple[BackendStats, Row]]]:
+        rows: dict[Key, Row] = {}
+        current: dict[tuple[str, str], tuple[BackendStats, Row]] = {}
+        for ss in list(self.metrics.services.values()):
+            if not ss.name:
+                continue  # requests no service took (lb's own answers, no route)
+            service = rows[(ss.name, None)] = [0] * WIDTH
+            own = 0
+            for bs in list(ss.backends.values()):
+                cur = read(bs)
+                before = self._last.get((ss.name, bs.name))
+                if before is not None and before[0] is bs:
+                    delta = [a - b for a, b in zip(cur, before[1], strict=True)]
+                else:
+                    delta = cur  # counted from zero since the stats object was made
+                if commit:
+                    current[(ss.name, bs.name)] = (bs, cur)
+                _add(service, delta)
+                if not bs.name:
+                    continue  # no backend was chosen: the service's count only
+                label = bs.label
+                if label != OTHER and own < BACKENDS_PER_SERVICE:
+                    own += 1
+                else:
+                    label = OTHER
+                into = rows.get((ss.name, label))
+                if into is None:
+                    rows[(ss.name, label)] = list(delta)  # `cur` may be committed as it is
+                else:
+                    _add(into, delta)
+        return rows, current
