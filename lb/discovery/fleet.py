@@ -1,11 +1,13 @@
 """`GET /api/fleet`: every lb registered under this one's Consul service name, as Consul sees it.
 
-Each lb puts its admin address, version, config hash and start time in its registration's Meta
-(`register.py`, updated in place on every reload that changes the config). This view reads
-`/v1/health/service/<name>` (all instances, not only the passing ones, with their checks) and
-answers, per instance: its ID, node, the address it serves on, admin address, version, config
-hash, uptime, state (`passing`, `warning`, `critical` or `maintenance`, from its checks and its
-node's), `self` for this lb and `same_config` relative to this lb's config.
+Each lb puts its admin address, version, config hash, when it loaded that config and its start
+time in its registration's Meta (`own_meta`; `register.py` updates it in place on every reload
+that changes the config). This view reads `/v1/health/service/<name>` (all instances, not only
+the passing ones, with their checks) and answers, per instance: its ID, node, the address it
+serves on, admin address, version, config hash, uptime, state (`passing`, `warning`,
+`critical` or `maintenance`, from its checks and its node's), `self` for this lb,
+`same_config` relative to this lb's config, and `old_config` when its config is not the one
+loaded most recently in the fleet (`newest_config`).
 
 This lb's own entry always comes from itself (Consul may not have its last registration yet),
 with the state Consul gives it, or `unregistered` while Consul does not list it. Without
@@ -23,7 +25,12 @@ from typing import Any
 
 from .. import __version__
 from .consul import ConsulError
-from .register import META_ADMIN, META_CONFIG, META_STARTED, META_VERSION
+from .register import META_ADMIN
+
+META_VERSION = "lb_version"
+META_CONFIG = "lb_config_hash"
+META_LOADED = "lb_config_loaded_at"
+META_STARTED = "lb_started_at"
 
 READ_TIMEOUT = 2.0  # an admin request must not hang on a Consul that does not answer
 MIN_READ_INTERVAL = 1.0
@@ -43,9 +50,19 @@ def instance_state(checks: list[Mapping[str, Any]]) -> str:
     return worst
 
 
-def _started(meta: Mapping[str, str]) -> float | None:
+def own_meta(runtime: Any, started_at: float) -> dict[str, str]:
+    """What this lb tells the fleet about itself in its registration's Meta."""
+    return {
+        META_VERSION: __version__,
+        META_CONFIG: runtime.loaded.digest,
+        META_LOADED: f"{runtime.loaded_at:.3f}",
+        META_STARTED: f"{started_at:.3f}",
+    }
+
+
+def _time(meta: Mapping[str, str], key: str) -> float | None:
     try:
-        return float(meta[META_STARTED])
+        return float(meta[key])
     except (KeyError, ValueError):
         return None
 
@@ -60,7 +77,8 @@ def parse_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
         "admin": meta.get(META_ADMIN),
         "version": meta.get(META_VERSION),
         "config_hash": meta.get(META_CONFIG) or None,
-        "started_at": _started(meta),
+        "config_loaded_at": _time(meta, META_LOADED),
+        "started_at": _time(meta, META_STARTED),
         "state": instance_state(entry.get("Checks") or []),
     }
 
@@ -92,6 +110,7 @@ class FleetView:
             "admin": meta.get(META_ADMIN, f"http://{admin_host}:{admin_port}"),
             "version": __version__,
             "config_hash": runtime.loaded.digest,
+            "config_loaded_at": runtime.loaded_at,
             "started_at": self.started_at,
             "state": "unregistered" if spec is not None else "local",
         }
@@ -148,13 +167,17 @@ def _answer(
     instances: list[dict[str, Any]], now: float, *, consul: dict[str, Any] | None
 ) -> dict[str, Any]:
     mine = instances[0]["config_hash"]
+    # The config loaded last anywhere is the current one; the others are old.
+    newest = max(instances, key=lambda i: i["config_loaded_at"] or 0.0)["config_hash"]
     for i, inst in enumerate(instances):
         inst["self"] = i == 0
         inst["same_config"] = inst["config_hash"] == mine
+        inst["old_config"] = inst["config_hash"] != newest
         started = inst.get("started_at")
         inst["uptime_seconds"] = None if started is None else max(0.0, now - started)
     return {
         "time": now,
+        "newest_config": newest,
         "consul": consul,
         "stale": bool(consul and consul["stale"]),
         "instances": instances,

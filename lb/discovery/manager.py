@@ -38,7 +38,7 @@ from typing import Any
 
 from ..config import model
 from .consul import CatalogWatch, ConsulClient, ConsulSettings, Instance, ServiceWatch
-from .fleet import FleetView
+from .fleet import FleetView, own_meta
 from .register import SelfRegistration, registration_spec
 from .tagroutes import Conflict, TagPlan, plan_tag_routes
 
@@ -203,7 +203,7 @@ class DiscoveryManager:
             self._catalog = None
         self._refresh_tag_routes()
         if not self._stopping:
-            spec = registration_spec(config, self.runtime.loaded.digest, self.fleet.started_at)
+            spec = registration_spec(config, own_meta(self.runtime, self.fleet.started_at))
             await self.registration.configure(self.client, spec)
 
     def _start_catalog(self) -> None:

@@ -15,10 +15,9 @@ import dataclasses
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from .. import __version__
 from ..config import model
 from .consul import ConsulClient, ConsulError
 
@@ -30,11 +29,7 @@ RETRY_FIRST = 0.5
 RETRY_CAP = 30.0
 
 
-# The service Meta that `GET /api/fleet` (fleet.py) reads back from Consul.
-META_ADMIN = "lb_admin"
-META_VERSION = "lb_version"
-META_CONFIG = "lb_config_hash"
-META_STARTED = "lb_started_at"
+META_ADMIN = "lb_admin"  # the admin address, in the Meta beside fleet.py's keys
 
 
 @dataclass(frozen=True)
@@ -62,12 +57,11 @@ def _url_host(host: str) -> str:
 
 
 def registration_spec(
-    config: model.Config, config_hash: str = "", started_at: float = 0.0
+    config: model.Config, meta: Mapping[str, str] | None = None
 ) -> RegistrationSpec | None:
     """What to register: the first listener's port at `register.address`, else the listener's
-    bind address, else (bound to all interfaces) this host's name; in the Meta, the admin
-    address, lb's version, the config hash and the start time (Unix seconds) for the fleet
-    view."""
+    bind address, else (bound to all interfaces) this host's name; `meta` and the admin address
+    as the service's Meta, which the fleet view reads (fleet.py)."""
     reg = config.consul.register if config.consul is not None else None
     if reg is None or not config.listeners:
         return None
@@ -76,12 +70,7 @@ def registration_spec(
     admin_host, admin_port = config.admin.bind
     check_host = admin_host if admin_host not in WILDCARDS else address
     admin_url = f"http://{_url_host(check_host)}:{admin_port}"
-    meta = {
-        META_ADMIN: admin_url,
-        META_VERSION: __version__,
-        META_CONFIG: config_hash,
-        META_STARTED: f"{started_at:.3f}",
-    }
+    meta = {**(meta or {}), META_ADMIN: admin_url}
     return RegistrationSpec(
         name=reg.name,
         service_id=reg.id,
