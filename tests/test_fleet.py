@@ -143,6 +143,8 @@ async def test_two_instances_list_each_other_and_a_reload_shows_the_new_hash(tmp
             assert body["stale"] and body["consul"]["error"]
             assert body["consul"]["age_seconds"] >= 1
             assert set(by_id(body)) == set(ids)
+            async with aiohttp.ClientSession() as s, s.get(a.admin + "/metrics") as r:
+                assert 'lb_discovery_source_errors_total{source="consul_fleet"}' in await r.text()
 
 
 async def test_a_failing_instance_shows_critical(tmp_path, consul):
@@ -230,6 +232,33 @@ async def test_series_has_rates_on_the_first_read(tmp_path):
             for bad_window in ("bogus", "-5m", "0"):
                 code, err = await get(lb, f"/api/series?window={bad_window}")
                 assert code == 400 and "window" in err["error"]
+
+
+async def test_a_route_removed_by_a_reload_leaves_no_negative_point(tmp_path):
+    async with backends(1) as bes:
+        routes = (
+            "routes:\n"
+            "  - {name: old, match: {path: {prefix: /old}}, service: app}\n"
+            "  - {name: all, match: {path: {prefix: /}}, service: app}\n"
+        )
+        port = free_port()
+        text = lb_yaml([bes[0].address], port=port, admin_port=free_port(), routes=routes)
+        async with running_lb(tmp_path, text) as lb:
+            sampler = lb.server.admin.observe.series
+            await traffic(lb.port, 20, "/old/")
+            sampler.sample()
+            lb.write_config(
+                text.replace("  - {name: old, match: {path: {prefix: /old}}, service: app}\n", "")
+            )
+            assert (await lb.server.reload()) == (True, [])
+            async with aiohttp.ClientSession() as s, s.get(lb.admin + "/metrics") as r:
+                assert r.status == 200  # the scrape drops the removed route's histograms
+            await traffic(lb.port, 5)
+            sampler.sample()
+            _, doc = await get(lb, "/api/series?raw=1")
+            (rows,) = [r for s, b, r in doc["series"] if b is None]
+            assert [r[0] for r in rows] == [20, 5]
+            assert [sum(r[2:]) for r in rows] == [20, 5]  # no negative increment
 
 
 def test_the_ring_is_bounded_in_points_and_series():

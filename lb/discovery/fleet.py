@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import __version__
@@ -85,11 +85,13 @@ def parse_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 class FleetView:
     """Reads the fleet for the admin API; `manager` is the DiscoveryManager (its runtime,
-    Consul client and self-registration), `started_at` this lb's start (Unix seconds)."""
+    Consul client and self-registration), `started_at` this lb's start (Unix seconds),
+    `on_error` counts a failed read (lb_discovery_source_errors_total{source="consul_fleet"})."""
 
-    def __init__(self, manager: Any, started_at: float) -> None:
+    def __init__(self, manager: Any, started_at: float, on_error: Callable[[], None]) -> None:
         self.manager = manager
         self.started_at = started_at
+        self._on_error = on_error  # counts each failed read
         self._known: list[dict[str, Any]] = []
         self._read_at = 0.0  # monotonic
         self._last_success: float | None = None  # wall clock
@@ -127,6 +129,7 @@ class FleetView:
             self._error = str(exc) if isinstance(exc, ConsulError) else f"Consul: {exc!r}"
             if isinstance(exc, TimeoutError):
                 self._error = f"Consul did not answer within {READ_TIMEOUT:g} s"
+            self._on_error()
         else:
             self._error = None
             self._last_success = time.time()

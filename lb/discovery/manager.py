@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 CATALOG_SOURCE = "consul_catalog"
 REGISTER_SOURCE = "consul_register"
+FLEET_SOURCE = "consul_fleet"
 
 WatchKey = tuple[str, tuple[str, ...], str | None]
 
@@ -95,7 +96,9 @@ class DiscoveryManager:
         self._synced: set[str] = set()  # services that have had a first answer
         self.plan = TagPlan()
         self.registration = SelfRegistration(lambda: self._count_error(REGISTER_SOURCE))
-        self.fleet = FleetView(self, started_at=time.time())  # GET /api/fleet
+        self.fleet = FleetView(  # GET /api/fleet
+            self, started_at=time.time(), on_error=lambda: self._count_error(FLEET_SOURCE)
+        )
         self._retired: set[asyncio.Task[None]] = set()  # cancelled watches, awaited by close()
         self._started = False
         self._stopping = False

@@ -14,9 +14,9 @@ one `other` series. At most `MAX_SERIES` series exist; a series whose service or
 been gone for a whole window is dropped. Memory: 4 bytes x `WIDTH` x `SLOTS` per series
 (13 KiB), allocated when a series first has traffic.
 
-Increments are taken per BackendStats object: a backend that leaves (its counts go) or a stats
-object that starts over (its service was removed and added again) never yields a negative or
-a double-counted point.
+Increments are taken per BackendStats object and per route histogram: a backend that leaves
+(its counts go), a stats object that starts over (its service was removed and added again) or
+a route a reload removed never yields a negative or a double-counted point.
 """
 
 from __future__ import annotations
@@ -40,14 +40,36 @@ Key = tuple[str, str | None]  # (service, None) for a service, (service, backend
 Row = list[int]
 
 
-def read(bs: BackendStats) -> Row:
-    row = [0] * WIDTH
-    row[0] = bs.requests
-    row[1] = bs.errors
-    for h in bs.durations.values():
-        for i, n in enumerate(h.counts):
-            row[2 + i] += n
-    return row
+class Reading:
+    """What one BackendStats object had counted at a sample: its request and error counts and
+    each route's histogram (the object and a copy of its counts)."""
+
+    __slots__ = ("errors", "histograms", "requests", "stats")
+
+    def __init__(self, bs: BackendStats) -> None:
+        self.stats = bs
+        self.requests = bs.requests
+        self.errors = bs.errors
+        self.histograms = {route: (h, list(h.counts)) for route, h in bs.durations.items()}
+
+    def since(self, before: Reading | None) -> Row:
+        """The increments since `before`; all of it when `before` read another object (the
+        stats started over). A route's histogram is compared with itself only: one that a
+        reload removed just stops counting."""
+        row = [0] * WIDTH
+        if before is None or before.stats is not self.stats:
+            before = None
+        row[0] = self.requests - (before.requests if before else 0)
+        row[1] = self.errors - (before.errors if before else 0)
+        for route, (h, counts) in self.histograms.items():
+            old = before.histograms.get(route) if before else None
+            if old is not None and old[0] is h:
+                for i, n in enumerate(counts):
+                    row[2 + i] += n - old[1][i]
+            else:
+                for i, n in enumerate(counts):
+                    row[2 + i] += n
+        return row
 
 
 def _add(into: Row, row: Row) -> None:
@@ -111,7 +133,7 @@ class SeriesSampler:
         self.metrics = metrics
         self.ring = ring or SeriesRing()
         # What each BackendStats object had counted at the last sample.
-        self._last: dict[tuple[str, str], tuple[BackendStats, Row]] = {}
+        self._last: dict[tuple[str, str], Reading] = {}
         self._last_mono = time.monotonic()
         self._task: asyncio.Task[None] | None = None
 
@@ -143,25 +165,19 @@ class SeriesSampler:
         rows, _ = self._increments(commit=False)
         return time.monotonic() - self._last_mono, rows
 
-    def _increments(
-        self, *, commit: bool
-    ) -> tuple[dict[Key, Row], dict[tuple[str, str], tuple[BackendStats, Row]]]:
+    def _increments(self, *, commit: bool) -> tuple[dict[Key, Row], dict[tuple[str, str], Reading]]:
         rows: dict[Key, Row] = {}
-        current: dict[tuple[str, str], tuple[BackendStats, Row]] = {}
+        current: dict[tuple[str, str], Reading] = {}
         for ss in list(self.metrics.services.values()):
             if not ss.name:
                 continue  # requests no service took (lb's own answers, no route)
             service = rows[(ss.name, None)] = [0] * WIDTH
             own = 0
             for bs in list(ss.backends.values()):
-                cur = read(bs)
-                before = self._last.get((ss.name, bs.name))
-                if before is not None and before[0] is bs:
-                    delta = [a - b for a, b in zip(cur, before[1], strict=True)]
-                else:
-                    delta = cur  # counted from zero since the stats object was made
+                reading = Reading(bs)
+                delta = reading.since(self._last.get((ss.name, bs.name)))
                 if commit:
-                    current[(ss.name, bs.name)] = (bs, cur)
+                    current[(ss.name, bs.name)] = reading
                 _add(service, delta)
                 if not bs.name:
                     continue  # no backend was chosen: the service's count only
@@ -172,7 +188,7 @@ class SeriesSampler:
                     label = OTHER
                 into = rows.get((ss.name, label))
                 if into is None:
-                    rows[(ss.name, label)] = list(delta)  # `cur` may be committed as it is
+                    rows[(ss.name, label)] = delta
                 else:
                     _add(into, delta)
         return rows, current
