@@ -20,8 +20,15 @@ from test_dashboard import CHROMIUM, chromium
 
 from lb.discovery.fleet import instance_state
 from lb.observe.recorder import BUCKETS
-from lb.observe.series import BACKENDS_PER_SERVICE, MAX_SERIES, SLOTS, WIDTH, SeriesRing
-from lb.observe.series_report import merge, quantile, render, window_seconds
+from lb.observe.series import (
+    BACKENDS_PER_SERVICE,
+    MAX_SERIES,
+    SLOTS,
+    WIDTH,
+    SeriesRing,
+    quantile,
+)
+from lb.observe.series_report import merge, raw, render, render_local, window_seconds
 
 SCREENSHOT_COPY = "/tmp/lb-dashboard-fleet.png"
 
@@ -201,28 +208,42 @@ async def test_series_has_rates_on_the_first_read(tmp_path):
             await traffic(lb.port, 40)
             code, body = await get(lb, "/api/series?window=15m")  # no sample taken yet
             assert code == 200
-            assert body["columns"] == ["time", "requests_per_s", "errors_per_s", "p50_s", "p99_s"]
             (svc,) = body["services"]
-            _, rps, eps, p50, p99 = svc["last"]
+            last = svc["last"]
+            rps, eps, p50, p99 = (
+                last[k] for k in ("requests_per_s", "errors_per_s", "p50_s", "p99_s")
+            )
             assert svc["name"] == "app" and rps > 0 and eps > 0
             assert 0 < p50 <= p99 <= BUCKETS[-1]
             backends_ = {b["backend"]: b for b in body["backends"]}
             assert set(backends_) == {good[0].address, bad[0].address}
-            assert backends_[good[0].address]["last"][2] == 0  # no errors from the good one
-            assert backends_[bad[0].address]["last"][2] > 0
+            assert backends_[good[0].address]["last"]["errors_per_s"] == 0  # the good one
+            assert backends_[bad[0].address]["last"]["errors_per_s"] > 0
 
             # A sample makes a point of the ring; more traffic shows in `last` at once.
-            lb.server.admin.observe.series.sample()
+            sampler = lb.server.admin.observe.series
+            sampler.sample()
             await traffic(lb.port, 10)
             code, body = await get(lb, "/api/series")
             (svc,) = body["services"]
-            assert len(svc["points"]) == 1 and svc["points"][0][1] > 0
-            assert svc["last"][1] > 0
+            assert len(body["times"]) == 1 and body["times"][0] % 5 == 0
+            assert len(svc["requests_per_s"]) == 1 and svc["requests_per_s"][0] > 0
+            assert svc["p99_s"][0] >= svc["p50_s"][0] > 0
+            assert svc["last"]["requests_per_s"] > 0
             assert body["window"] == body["interval"]
             assert body["limits"] == {
                 "backends_per_service": BACKENDS_PER_SERVICE,
                 "max_series": MAX_SERIES,
             }
+
+            # This lb's ring and the workers' path (raw, merged, rendered) agree point for point.
+            local = render_local(sampler, 900, metrics_enabled=True)
+            merged = render(merge([raw(sampler, 900)]), metrics_enabled=True)
+            assert local["times"] == merged["times"]
+            for kind in ("services", "backends"):
+                for mine, theirs in zip(local[kind], merged[kind], strict=True):
+                    for column in ("requests_per_s", "errors_per_s", "p50_s", "p99_s"):
+                        assert mine[column] == theirs[column]
 
             # The raw form counts exactly what was sent since the sample.
             code, doc = await get(lb, "/api/series?raw=1")
@@ -317,12 +338,13 @@ def test_workers_series_merge_sums_counts_and_merges_histograms():
     assert merged["times"] == [90.0, 95.0]
     out = render(merged, metrics_enabled=True)
     (svc,) = out["services"]
-    assert [p[1] for p in svc["points"]] == [10.0, 10.0]
+    assert svc["requests_per_s"] == [10.0, 10.0]
     # The merged histogram's median sits between the workers' (never their average).
-    assert svc["points"][0][3] < 0.001 and svc["points"][1][3] > 0.5
-    assert svc["last"][1] == pytest.approx(100 / 4.0)
-    assert svc["last"][3] == pytest.approx(0.001)  # the 50th of 100: the fast bucket's top
-    assert svc["last"][4] > 0.5
+    assert svc["p50_s"][0] < 0.001 and svc["p50_s"][1] > 0.5
+    assert svc["last"]["requests_per_s"] == pytest.approx(100 / 4.0)
+    # The 50th of 100: the fast bucket's top, from the merged histogram.
+    assert svc["last"]["p50_s"] == pytest.approx(0.001)
+    assert svc["last"]["p99_s"] > 0.5
 
 
 # -- the dashboard -------------------------------------------------------------------------------

@@ -197,11 +197,13 @@ class AdminServer:
             window = series_report.window_seconds(request.query.get("window"))
         except ValueError as exc:
             return web.json_response({"error": f"window: {exc}"}, status=400)
-        doc = series_report.raw(self.observe.series, window)
-        if request.query.get("raw"):
-            return web.json_response(doc)  # for the supervisor of --workers, which merges
+        sampler = self.observe.series
+        if request.query.get("raw"):  # for the supervisor of --workers, which merges
+            return web.json_response(series_report.raw(sampler, window))
         enabled = self.observe.metrics_enabled()
-        return web.json_response(series_report.render(doc, metrics_enabled=enabled))
+        return web.json_response(
+            series_report.render_local(sampler, window, metrics_enabled=enabled)
+        )
 
     async def reload(self, request: web.Request) -> web.Response:
         ok, errors = await self.server.reload()

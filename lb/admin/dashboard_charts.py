@@ -40,7 +40,7 @@ function takeSeries(se) {
   series = se;
   serverRates = {};
   const put = (k, last) => {
-    const rps = last[1], eps = last[2];
+    const rps = last.requests_per_s, eps = last.errors_per_s;
     serverRates[k] = {rps, err: rps > 0 ? Math.min(1, eps / rps) : (eps > 0 ? 1 : null)};
   };
   for (const s of se.services) put("s:" + s.name, s.last);
@@ -105,6 +105,14 @@ function backendColor(service, name) {
   return i < 0 ? null : PALETTE[i % PALETTE.length];
 }
 
+// One series' points, oldest first, the last being lb's newest (`last`).
+function points(x) {
+  const out = series.times.map((t, i) => ({time: t, requests_per_s: x.requests_per_s[i],
+    errors_per_s: x.errors_per_s[i], p50_s: x.p50_s[i], p99_s: x.p99_s[i]}));
+  out.push({time: series.time, ...x.last});
+  return out;
+}
+
 function serviceCharts(s) {
   if (!series) return "";
   const svc = series.services.find((x) => x.name === s.name);
@@ -113,17 +121,18 @@ function serviceCharts(s) {
   const all = [{x: svc, color: "#dde3ea", w: 2}, ...bes.map((b, i) =>
     ({x: b, color: PALETTE[i % PALETTE.length], w: 1.2}))];
   const of = (f, dash) => all.map((l) => ({
-    pts: l.x.points.concat([l.x.last]).map((p) => [p[0], f(p)]),
-    color: l.color, w: l.w, dash}));
-  const errPct = (p) => p[1] > 0 ? 100 * Math.min(1, p[2] / p[1]) : null;
-  const ms = (i) => (p) => p[i] === null ? null : p[i] * 1000;
+    pts: points(l.x).map((p) => [p.time, f(p)]), color: l.color, w: l.w, dash}));
+  const errPct = (p) => p.requests_per_s > 0
+    ? 100 * Math.min(1, p.errors_per_s / p.requests_per_s) : null;
+  const ms = (k) => (p) => p[k] === null ? null : p[k] * 1000;
   const legend = bes.map((b, i) => `<span><i class="swatch" style="background:${
     PALETTE[i % PALETTE.length]}"></i>${esc(b.backend)}</span>`).join("");
   return `<div class="charts" data-charts="${esc(s.name)}">
-    <figure><figcaption>requests / s</figcaption>${chart(of((p) => p[1]), fmtNum)}</figure>
+    <figure><figcaption>requests / s</figcaption>${
+      chart(of((p) => p.requests_per_s), fmtNum)}</figure>
     <figure><figcaption>errors %</figcaption>${chart(of(errPct), fmtNum, 100)}</figure>
     <figure><figcaption>latency p50 · p99 (dashed)</figcaption>${
-      chart([...of(ms(3)), ...of(ms(4), true)], fmtMs)}</figure>
+      chart([...of(ms("p50_s")), ...of(ms("p99_s"), true)], fmtMs)}</figure>
   </div><div class="legend"><span><i class="swatch" style="background:#dde3ea"></i>${
     esc(s.name)}</span>${legend}</div>`;
 }

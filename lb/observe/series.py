@@ -5,14 +5,14 @@ A background task samples the request-path counters (`recorder.py`) every `INTER
 at wall-clock multiples of it (so that the workers of `lb run --workers N` sample the same
 slots), and writes each series' increments into a fixed ring of `SLOTS` points: requests,
 errors (what `lb_requests_total` and the breaker count as errors: 5xx and failed exchanges)
-and the request-duration histogram's bucket counts. Nothing is added to the request path;
-rates and quantiles are computed when the API is read (`series_report.py`).
+and the request-duration histogram's bucket counts, and beside them their rates and p50/p99,
+computed once then. Nothing is added to the request path; `series_report.py` serves the ring.
 
 Bounds: each service's first `BACKENDS_PER_SERVICE` backends with a metrics label (the order
 lb first saw them) get a series of their own; the others, folded or beyond that count, share
 one `other` series. At most `MAX_SERIES` series exist; a series whose service or backend has
 been gone for a whole window is dropped. Memory: 4 bytes x `WIDTH` x `SLOTS` per series
-(13 KiB), allocated when a series first has traffic.
+plus 8 bytes x 4 x `SLOTS` (19 KiB in all), allocated when a series first has traffic.
 
 Increments are taken per BackendStats object and per route histogram: a backend that leaves
 (its counts go), a stats object that starts over (its service was removed and added again) or
@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
 
 from .recorder import BUCKETS, OTHER, BackendStats
@@ -38,6 +38,7 @@ MAX_SERIES = 512
 
 Key = tuple[str, str | None]  # (service, None) for a service, (service, backend label)
 Row = list[int]
+Values = tuple[float, float, float | None, float | None]
 
 
 class Reading:
@@ -77,8 +78,46 @@ def _add(into: Row, row: Row) -> None:
         into[i] += n
 
 
+def quantile(buckets: Sequence[int], q: float) -> float | None:
+    """Linear interpolation inside the bucket holding the q-th request (as Prometheus's
+    histogram_quantile does); the +Inf bucket answers the highest finite bound."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(buckets):
+        if n and seen + n >= rank:
+            if i == len(BUCKETS):
+                return BUCKETS[-1]
+            lower = BUCKETS[i - 1] if i else 0.0
+            return lower + (BUCKETS[i] - lower) * (rank - seen) / n
+        seen += n
+    return BUCKETS[-1]
+
+
+def values(span: float, row: Row | int) -> Values:
+    """(requests/s, errors/s, p50, p99) of one row of increments; rounded (to the microsecond
+    for latencies) so that the JSON stays short."""
+    if not row or span <= 0:
+        return (0.0, 0.0, None, None)
+    buckets = row[2:]  # type: ignore[index]
+    p50, p99 = quantile(buckets, 0.5), quantile(buckets, 0.99)
+    return (
+        round(row[0] / span, 3),  # type: ignore[index]
+        round(row[1] / span, 3),  # type: ignore[index]
+        None if p50 is None else round(p50, 6),
+        None if p99 is None else round(p99, 6),
+    )
+
+
+_NONE = float("nan")  # a missing latency in the values arrays
+
+
 class SeriesRing:
-    """Points of every series, in one shared ring of slots (oldest overwritten)."""
+    """Points of every series, in one shared ring of slots (oldest overwritten): the counts
+    (`data`, for merging across workers) and their values (`views`, computed once per sample,
+    so that reading the API computes nothing per point)."""
 
     def __init__(self, slots: int = SLOTS) -> None:
         self.slots = slots
@@ -87,6 +126,7 @@ class SeriesRing:
         self.head = 0  # the next slot written
         self.filled = 0
         self.data: dict[Key, array[int]] = {}
+        self.views: dict[Key, array[float]] = {}  # 4 values per slot, NaN for None
         self.seen: dict[Key, int] = {}  # the sample count when each series last had a reading
         self.samples = 0
         self.dropped = 0  # readings refused because MAX_SERIES series exist
@@ -96,10 +136,11 @@ class SeriesRing:
         self.times[slot] = t
         self.spans[slot] = span
         self.samples += 1
-        zero = bytes(4 * WIDTH)
+        zero, idle = array("I", bytes(4 * WIDTH)), array("d", (0.0, 0.0, _NONE, _NONE))
         for key, data in self.data.items():
             if key not in rows:
-                data[slot * WIDTH : (slot + 1) * WIDTH] = array("I", zero)
+                data[slot * WIDTH : (slot + 1) * WIDTH] = zero
+                self.views[key][slot * 4 : slot * 4 + 4] = idle
         for key, row in rows.items():
             data = self.data.get(key)
             if data is None:
@@ -109,21 +150,32 @@ class SeriesRing:
                     self.dropped += 1
                     continue
                 data = self.data[key] = array("I", bytes(4 * WIDTH * self.slots))
+                self.views[key] = array("d", (0.0, 0.0, _NONE, _NONE) * self.slots)
             data[slot * WIDTH : (slot + 1) * WIDTH] = array("I", row)
+            view = [_NONE if v is None else v for v in values(span, row)]
+            self.views[key][slot * 4 : slot * 4 + 4] = array("d", view)
             self.seen[key] = self.samples
         for key in [k for k, n in self.seen.items() if self.samples - n >= self.slots]:
-            del self.seen[key], self.data[key]
+            del self.seen[key], self.data[key], self.views[key]
         self.head = (slot + 1) % self.slots
         self.filled = min(self.filled + 1, self.slots)
 
-    def order(self, last: int) -> Iterator[int]:
+    def order(self, last: int) -> list[int]:
         """The slots of the newest `last` points, oldest first."""
         n = min(last, self.filled)
-        for i in range(n):
-            yield (self.head - n + i) % self.slots
+        return [(self.head - n + i) % self.slots for i in range(n)]
 
     def row(self, key: Key, slot: int) -> Row:
         return list(self.data[key][slot * WIDTH : (slot + 1) * WIDTH])
+
+    def columns(self, key: Key, slots: list[int]) -> list[list[float | None]]:
+        """The four value columns of a series over `slots`, None where no latency is known."""
+        view = self.views[key]
+        out: list[list[float | None]] = []
+        for k in range(4):
+            col = [view[s * 4 + k] for s in slots]
+            out.append([None if v != v else v for v in col] if k >= 2 else col)  # NaN: None
+        return out
 
 
 class SeriesSampler:

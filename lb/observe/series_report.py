@@ -7,41 +7,34 @@ its workers' raw forms slot by slot (`merge`: counts summed, buckets summed) and
 sum, so quantiles across workers come from the merged histograms, never from averaging
 quantiles.
 
-The rendered form has, per series, `points`: [time, requests/s, errors/s, p50, p99] with the
-latencies in seconds (null without requests), and `last`: the same over the newest data (the
-time since the last sample, together with the last full slot while that time is under half an
-interval), so a rate shows on the first read, right after lb started or traffic began.
+The rendered form has `times` (the end of each slot) and, per series, one column per value:
+`requests_per_s`, `errors_per_s`, `p50_s` and `p99_s` (seconds; null without requests), and
+`last`: the same over the newest data (the time since the last sample, together with the last
+full slot while that time is under half an interval), so a rate shows on the first read, right
+after lb started or traffic began. This lb's own ring computed its values when it sampled:
+reading it costs no quantile.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from ..config.units import parse_duration
-from .recorder import BUCKETS
-from .series import BACKENDS_PER_SERVICE, INTERVAL, MAX_SERIES, SLOTS, Key, Row, SeriesSampler
+from .series import (
+    BACKENDS_PER_SERVICE,
+    INTERVAL,
+    MAX_SERIES,
+    SLOTS,
+    Key,
+    Row,
+    SeriesSampler,
+    Values,
+    values,
+)
 
-COLUMNS = ["time", "requests_per_s", "errors_per_s", "p50_s", "p99_s"]
-
-
-def quantile(buckets: Sequence[int], q: float) -> float | None:
-    """Linear interpolation inside the bucket holding the q-th request (as Prometheus's
-    histogram_quantile does); the +Inf bucket answers the highest finite bound."""
-    total = sum(buckets)
-    if total == 0:
-        return None
-    rank = q * total
-    seen = 0
-    for i, n in enumerate(buckets):
-        if n and seen + n >= rank:
-            if i == len(BUCKETS):
-                return BUCKETS[-1]
-            lower = BUCKETS[i - 1] if i else 0.0
-            return lower + (BUCKETS[i] - lower) * (rank - seen) / n
-        seen += n
-    return BUCKETS[-1]
+COLUMNS = ("requests_per_s", "errors_per_s", "p50_s", "p99_s")
+Columns = list[list[float | None]]
 
 
 def raw(sampler: SeriesSampler, window: float) -> dict[str, Any]:
@@ -110,48 +103,77 @@ def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _point(t: float, span: float, row: Row | int) -> list[Any]:
-    if not row or span <= 0:
-        return [t, 0.0, 0.0, None, None]
-    buckets = row[2:]  # type: ignore[index]
-    return [t, row[0] / span, row[1] / span, quantile(buckets, 0.5), quantile(buckets, 0.99)]  # type: ignore[index]
+def _item(key: Key, columns: Columns, last: Values) -> dict[str, Any]:
+    item: dict[str, Any] = (
+        {"name": key[0]} if key[1] is None else {"service": key[0], "backend": key[1]}
+    )
+    item.update(zip(COLUMNS, columns, strict=True))
+    item["last"] = dict(zip(COLUMNS, last, strict=True))
+    return item
+
+
+def _answer(
+    interval: float,
+    times: list[float],
+    now: float,
+    items: list[tuple[Key, Columns, Values]],
+    dropped: int,
+    metrics_enabled: bool,
+) -> dict[str, Any]:
+    items.sort(key=lambda i: (i[0][0], i[0][1] or ""))
+    return {
+        "metrics_enabled": metrics_enabled,
+        "interval": interval,
+        "window": len(times) * interval,
+        "time": now,
+        "times": times,
+        "services": [_item(*i) for i in items if i[0][1] is None],
+        "backends": [_item(*i) for i in items if i[0][1] is not None],
+        "limits": {"backends_per_service": BACKENDS_PER_SERVICE, "max_series": MAX_SERIES},
+        "dropped": dropped,
+    }
+
+
+def render_local(sampler: SeriesSampler, window: float, *, metrics_enabled: bool) -> dict[str, Any]:
+    """The rendered form of this lb's own ring, whose values were computed when sampled."""
+    ring = sampler.ring
+    slots = ring.order(max(1, round(window / INTERVAL)))
+    span, live = sampler.live()
+    # Too short a stretch since the last sample gives a jumpy rate: add the last full slot.
+    widen = slots[-1] if slots and span < INTERVAL / 2 else None
+    n = len(slots)
+    idle: Columns = [[0.0] * n, [0.0] * n, [None] * n, [None] * n]
+    items = []
+    for key in {*ring.data, *live}:
+        row: Row | int = live.get(key, 0)
+        last_span = span
+        if widen is not None and key in ring.data:
+            row, last_span = _sum(row, ring.row(key, widen)), span + ring.spans[widen]
+        columns = ring.columns(key, slots) if key in ring.data else idle
+        items.append((key, columns, values(last_span, row)))
+    times = [ring.times[s] for s in slots]
+    return _answer(INTERVAL, times, time.time(), items, ring.dropped, metrics_enabled)
 
 
 def render(doc: dict[str, Any], *, metrics_enabled: bool) -> dict[str, Any]:
-    """The rendered form of a raw one."""
+    """The rendered form of a raw one (the workers' merged rings)."""
     times, spans = doc["times"], doc["spans"]
     live = doc["live"] or {"time": time.time(), "span": 0.0, "series": []}
     live_rows: dict[Key, Row | int] = {(s, b): row for s, b, row in live["series"]}
-    # Too short a stretch since the last sample gives a jumpy rate: add the last full slot.
     widen = bool(times) and live["span"] < doc["interval"] / 2
-    services, backends = [], []
-    keys = [(s, b) for s, b, _ in doc["series"]]
-    keys += [k for k in live_rows if k not in set(keys)]
-    by_key = {(s, b): rows for s, b, rows in doc["series"]}
-    for key in sorted(keys, key=lambda k: (k[0], k[1] or "")):
+    by_key: dict[Key, list[Row | int]] = {(s, b): rows for s, b, rows in doc["series"]}
+    items = []
+    for key in {*by_key, *live_rows}:
         rows = by_key.get(key, [0] * len(times))
         span, row = live["span"], live_rows.get(key, 0)
         if widen:
             span, row = span + spans[-1], _sum(row, rows[-1])
-        item = {
-            "points": [_point(t, s, r) for t, s, r in zip(times, spans, rows, strict=True)],
-            "last": _point(live["time"], span, row),
-        }
-        if key[1] is None:
-            services.append({"name": key[0], **item})
-        else:
-            backends.append({"service": key[0], "backend": key[1], **item})
-    return {
-        "metrics_enabled": metrics_enabled,
-        "interval": doc["interval"],
-        "window": len(times) * doc["interval"],
-        "time": live["time"],
-        "columns": COLUMNS,
-        "services": services,
-        "backends": backends,
-        "limits": {"backends_per_service": BACKENDS_PER_SERVICE, "max_series": MAX_SERIES},
-        "dropped": doc.get("dropped", 0),
-    }
+        points = [values(s, r) for s, r in zip(spans, rows, strict=True)]
+        columns = [list(c) for c in zip(*points, strict=True)] if points else [[], [], [], []]
+        items.append((key, columns, values(span, row)))
+    return _answer(
+        doc["interval"], times, live["time"], items, doc.get("dropped", 0), metrics_enabled
+    )
 
 
 def window_seconds(text: str | None) -> float:
