@@ -431,3 +431,16 @@ async def test_dashboard_draws_charts_and_the_fleet_offline(tmp_path, consul):
         u.removeprefix(origin) for u in asked
     }, asked
     assert all(u.startswith(origin + "/") for u in asked), asked
+
+
+async def test_the_admin_token_guards_fleet_and_series(tmp_path):
+    async with backends(1) as bes:
+        text = lb_yaml([bes[0].address], port=free_port(), admin_port=free_port()).replace(
+            "admin:\n", "admin:\n  token: t0ken\n"
+        )
+        async with running_lb(tmp_path, text) as lb, aiohttp.ClientSession() as s:
+            for path in ("/api/fleet", "/api/series"):
+                async with s.get(lb.admin + path) as r:
+                    assert r.status == 401
+                async with s.get(lb.admin + path, headers={"Authorization": "Bearer t0ken"}) as r:
+                    assert r.status == 200
