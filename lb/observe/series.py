@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from array import array
 from collections.abc import Sequence
 from typing import Any
 
 from .recorder import BUCKETS, OTHER, BackendStats
+
+log = logging.getLogger(__name__)
 
 INTERVAL = 5.0
 SLOTS = 180  # 15 minutes
@@ -203,7 +206,10 @@ class SeriesSampler:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(INTERVAL - time.time() % INTERVAL)
-            self.sample()
+            try:
+                self.sample()
+            except Exception:  # a bug here must not end the charts for good
+                log.exception("sampling the series failed")
 
     def sample(self) -> None:
         now = time.monotonic()
