@@ -448,3 +448,29 @@ async def test_per_client_caps_count_across_workers(tmp_path):
             c.close()
         workers = (await t.status())["workers"]
         assert all(w["accepted"] > 0 for w in workers), workers
+
+
+async def test_series_and_fleet_through_the_supervisor(tmp_path):
+    async with backends(2) as bes, tree(tmp_path, [b.address for b in bes]) as t:
+        sent = 40
+        await asyncio.gather(*(get_once(t.port) for _ in range(sent)))
+        # Every request counted once, in whichever worker took it: ring slots plus live.
+        code, doc = await t.get("/api/series?raw=1")
+        assert code == 200
+        rows = [r for _, b, r in doc["live"]["series"] if b is None]
+        for _, b, slots in doc["series"]:
+            if b is None:
+                rows += [r for r in slots if r]
+        assert sum(r[0] for r in rows) == sent
+        assert sum(sum(r[2:]) for r in rows) == sent  # the merged histograms hold them all
+        code, body = await t.get("/api/series?window=5m")
+        assert code == 200 and body["metrics_enabled"]
+        (svc,) = body["services"]
+        assert svc["name"] == "app"
+        assert len(body["backends"]) == 2
+        assert (await t.get("/api/series?window=soon"))[0] == 400
+        # The fleet of a lb not registered in Consul: itself, as worker 0 sees it.
+        code, fleet = await t.get("/api/fleet")
+        assert code == 200 and fleet["consul"] is None
+        (me,) = fleet["instances"]
+        assert me["self"] and me["config_hash"] == (await t.status())["config"]["hash"]

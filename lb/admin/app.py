@@ -8,6 +8,9 @@ and the dashboard.
 | GET /metrics                                   | Prometheus exposition (text or OpenMetrics)    |
 | GET /api/status                                | listeners, routes, services, backends, config  |
 | GET /api/config                                | the running config as JSON, secrets redacted   |
+| GET /api/fleet                                 | the lb instances registered in Consul          |
+| GET /api/series?window=15m[&raw=1]             | request and error rates, p50/p99, per service  |
+|                                                | and backend, from lb's own 5 s samples         |
 | POST /api/reload                               | reload the config files; 400 with the errors   |
 | POST /api/backends/{service}/{backend}/drain   | stop sending new requests to host:port         |
 | POST /api/backends/{service}/{backend}/undrain | take it back                                   |
@@ -35,6 +38,7 @@ from prometheus_client.exposition import choose_encoder
 
 from .. import __version__
 from ..balancer.picker import IMPLEMENTATION
+from ..observe import series_report
 from ..observe.metrics import service_part
 from ..proxy.accept import bind
 from .dashboard import PAGE
@@ -97,6 +101,8 @@ class AdminServer:
                 web.get("/metrics", self.metrics),
                 web.get("/api/status", self.status),
                 web.get("/api/config", self.config),
+                web.get("/api/fleet", self.fleet),
+                web.get("/api/series", self.series),
                 web.post("/api/reload", self.reload),
                 web.post("/api/backends/{service}/{backend}/drain", self.drain),
                 web.post("/api/backends/{service}/{backend}/undrain", self.undrain),
@@ -180,6 +186,24 @@ class AdminServer:
 
     async def config(self, request: web.Request) -> web.Response:
         return web.json_response(config_report(self.server.runtime.config))
+
+    async def fleet(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.server.discovery.fleet.report())
+
+    async def series(self, request: web.Request) -> web.Response:
+        if self.observe is None:
+            return web.json_response({"error": "metrics are not installed"}, status=503)
+        try:
+            window = series_report.window_seconds(request.query.get("window"))
+        except ValueError as exc:
+            return web.json_response({"error": f"window: {exc}"}, status=400)
+        sampler = self.observe.series
+        if request.query.get("raw"):  # for the supervisor of --workers, which merges
+            return web.json_response(series_report.raw(sampler, window))
+        enabled = self.observe.metrics_enabled()
+        return web.json_response(
+            series_report.render_local(sampler, window, metrics_enabled=enabled)
+        )
 
     async def reload(self, request: web.Request) -> web.Response:
         ok, errors = await self.server.reload()

@@ -1,9 +1,12 @@
 """The dashboard: one self-contained page (no external assets: lb often runs where nothing
-outside is reachable) that polls /api/status every second and computes request and error
-rates from successive counters. Held in a module rather than a data file so that every kind of
-install ships it."""
+outside is reachable) that polls /api/status every second, and /api/series and /api/fleet
+every five (the charts and the fleet table, dashboard_charts.py). Service and backend rates
+are lb's own (the series' last point); route and listener rates come from successive polls.
+Held in a module rather than a data file so that every kind of install ships it."""
 
-PAGE = """<!doctype html>
+from .dashboard_charts import CHARTS_CSS, CHARTS_JS
+
+_PAGE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -87,6 +90,7 @@ button:hover { color: var(--text); border-color: var(--muted); }
   border: 1px solid var(--line); border-radius: 12px; padding: 22px; }
 #login input { width: 100%; margin: 10px 0; padding: 8px; background: var(--bg);
   color: var(--text); border: 1px solid var(--line); border-radius: 6px; }
+/*CHARTS_CSS*/
 </style>
 </head>
 <body>
@@ -116,6 +120,7 @@ const esc = (v) => String(v ?? "").replace(/[&<>"']/g,
   (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 const token = () => sessionStorage.getItem("lb-admin-token") || "";
 const headers = () => token() ? {"Authorization": "Bearer " + token()} : {};
+/*CHARTS_JS*/
 
 function fmtRate(x) {
   if (x === null || x === undefined) return "&ndash;";
@@ -172,7 +177,7 @@ function computeRates(st) {
   }
   history.push({time: st.time, counters: cur});
 }
-const rate = (k) => rates[k] || {rps: null, err: null};
+const rate = (k) => liveRate(k) || rates[k] || {rps: null, err: null};
 
 function pill(cls, text, title) {
   return `<span class="pill ${cls}"${title ? ` title="${esc(title)}"` : ""}>${esc(text)}</span>`;
@@ -201,11 +206,13 @@ function renderService(s) {
     || (d && d.stale);
   const rows = s.backends.map((b) => {
     const br = rate("b:" + s.name + "/" + b.name);
+    const color = backendColor(s.name, b.name);
+    const swatch = color ? `<i class="swatch" style="background:${color}"></i>` : "";
     const reason = b.reason && b.reason !== b.state
       ? `<div class="reason">${esc(b.reason)}</div>` : "";
     const act = b.drained ? "undrain" : "drain";
     return `<tr data-backend="${esc(b.name)}" data-state="${esc(b.state)}">
-      <td class="name"><span class="dot bg-${esc(b.state)}"></span>${esc(b.name)}</td>
+      <td class="name"><span class="dot bg-${esc(b.state)}"></span>${swatch}${esc(b.name)}</td>
       <td><div class="s-${esc(b.state)}">${esc(b.state)}</div>${reason}</td>
       <td class="num">${b.weight}</td>
       <td class="num">${b.in_flight}</td>
@@ -229,6 +236,7 @@ function renderService(s) {
       </div>
       <div class="bar">${seg("up")}${seg("draining")}${seg("down")}</div>
     </div>
+    ${serviceCharts(s)}
     <table><thead><tr><th>backend</th><th>state</th><th class="num">weight</th>
       <th class="num">in flight</th><th class="num">req/s</th><th class="num">errors</th>
       <th>breaker</th><th class="num"></th></tr></thead>
@@ -287,6 +295,7 @@ function render(st) {
     <div class="tiles">${tiles.map(([k, v]) =>
       `<div class="tile"><div class="k">${k}</div><div class="v">${v}</div></div>`).join("")}
     </div>
+    ${renderFleet(fleet)}
     <h2>Services</h2>
     <div class="grid">${st.services.map(renderService).join("") ||
       '<div class="muted">no services</div>'}</div>
@@ -309,7 +318,14 @@ function setLive(ok, text) {
 
 async function poll() {
   try {
-    const resp = await fetch("/api/status", {headers: headers(), cache: "no-store"});
+    const due = polls++ % SERIES_EVERY === 0;
+    const [resp, se, fl] = await Promise.all([
+      fetch("/api/status", {headers: headers(), cache: "no-store"}),
+      due ? getJSON("/api/series?window=15m") : null,
+      due ? getJSON("/api/fleet") : null,
+    ]);
+    if (se) takeSeries(se);
+    if (fl) fleet = fl;
     if (resp.status === 401) {
       document.getElementById("login").style.display = "block";
       setLive(false, "token needed");
@@ -327,6 +343,7 @@ async function poll() {
 document.getElementById("login-btn").addEventListener("click", () => {
   sessionStorage.setItem("lb-admin-token", document.getElementById("token").value);
   document.getElementById("login").style.display = "none";
+  polls = 0;  // read the series and the fleet at once
   poll();
 });
 
@@ -347,3 +364,5 @@ poll();
 </body>
 </html>
 """
+
+PAGE = _PAGE.replace("/*CHARTS_CSS*/", CHARTS_CSS).replace("/*CHARTS_JS*/", CHARTS_JS)

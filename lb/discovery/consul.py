@@ -245,9 +245,12 @@ class ConsulClient:
         index: int = 0,
         tags: Iterable[str] = (),
         datacenter: str | None = None,
+        passing: bool = True,
     ) -> tuple[int, Any]:
-        """(index, entries) of the passing instances of `service`."""
-        params = [("passing", "1")] + [("tag", t) for t in tags]
+        """(index, entries) of the passing instances of `service` (all of them, with their
+        checks, when not `passing`)."""
+        params = [("passing", "1")] if passing else []
+        params += [("tag", t) for t in tags]
         if datacenter:
             params.append(("dc", datacenter))
         return await self._read(f"/v1/health/service/{service}", params, index)

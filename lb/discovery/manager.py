@@ -32,11 +32,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import model
 from .consul import CatalogWatch, ConsulClient, ConsulSettings, Instance, ServiceWatch
+from .fleet import FleetView, own_meta
 from .register import SelfRegistration, registration_spec
 from .tagroutes import Conflict, TagPlan, plan_tag_routes
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 CATALOG_SOURCE = "consul_catalog"
 REGISTER_SOURCE = "consul_register"
+FLEET_SOURCE = "consul_fleet"
 
 WatchKey = tuple[str, tuple[str, ...], str | None]
 
@@ -93,6 +96,9 @@ class DiscoveryManager:
         self._synced: set[str] = set()  # services that have had a first answer
         self.plan = TagPlan()
         self.registration = SelfRegistration(lambda: self._count_error(REGISTER_SOURCE))
+        self.fleet = FleetView(  # GET /api/fleet
+            self, started_at=time.time(), on_error=lambda: self._count_error(FLEET_SOURCE)
+        )
         self._retired: set[asyncio.Task[None]] = set()  # cancelled watches, awaited by close()
         self._started = False
         self._stopping = False
@@ -200,7 +206,8 @@ class DiscoveryManager:
             self._catalog = None
         self._refresh_tag_routes()
         if not self._stopping:
-            await self.registration.configure(self.client, registration_spec(config))
+            spec = registration_spec(config, own_meta(self.runtime, self.fleet.started_at))
+            await self.registration.configure(self.client, spec)
 
     def _start_catalog(self) -> None:
         assert self.client is not None

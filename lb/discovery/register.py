@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..config import model
@@ -28,6 +29,9 @@ RETRY_FIRST = 0.5
 RETRY_CAP = 30.0
 
 
+META_ADMIN = "lb_admin"  # the admin address, in the Meta beside fleet.py's keys
+
+
 @dataclass(frozen=True)
 class RegistrationSpec:
     name: str
@@ -36,15 +40,28 @@ class RegistrationSpec:
     port: int
     check_url: str
     check_interval: float
+    meta: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def default_id(self) -> str:
+        """The ID Consul knows this lb by (ConsulClient.register_self's default)."""
+        return self.service_id or f"{self.name}-{self.address}-{self.port}"
+
+    def same_instance(self, other: RegistrationSpec) -> bool:
+        """Only the meta differs: registering again updates the instance in place."""
+        return dataclasses.replace(self, meta=other.meta) == other
 
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def registration_spec(config: model.Config) -> RegistrationSpec | None:
+def registration_spec(
+    config: model.Config, meta: Mapping[str, str] | None = None
+) -> RegistrationSpec | None:
     """What to register: the first listener's port at `register.address`, else the listener's
-    bind address, else (bound to all interfaces) this host's name."""
+    bind address, else (bound to all interfaces) this host's name; `meta` and the admin address
+    as the service's Meta, which the fleet view reads (fleet.py)."""
     reg = config.consul.register if config.consul is not None else None
     if reg is None or not config.listeners:
         return None
@@ -52,13 +69,16 @@ def registration_spec(config: model.Config) -> RegistrationSpec | None:
     address = reg.address or (host if host not in WILDCARDS else socket.gethostname())
     admin_host, admin_port = config.admin.bind
     check_host = admin_host if admin_host not in WILDCARDS else address
+    admin_url = f"http://{_url_host(check_host)}:{admin_port}"
+    meta = {**(meta or {}), META_ADMIN: admin_url}
     return RegistrationSpec(
         name=reg.name,
         service_id=reg.id,
         address=address,
         port=port,
-        check_url=f"http://{_url_host(check_host)}:{admin_port}/healthz",
+        check_url=f"{admin_url}/healthz",
         check_interval=reg.check_interval,
+        meta=tuple(sorted(meta.items())),
     )
 
 
@@ -73,13 +93,32 @@ class SelfRegistration:
         self.service_id: str | None = None  # set while registered
         self.last_error: str | None = None
 
+    @property
+    def spec(self) -> RegistrationSpec | None:
+        return self._spec
+
     async def configure(self, client: ConsulClient | None, spec: RegistrationSpec | None) -> None:
         if client is self._client and spec == self._spec:
             return
-        await self.withdraw()
-        self._client, self._spec = client, spec
+        old = self._spec
+        in_place = client is not None and client is self._client
+        if in_place and spec is not None and old is not None and spec.same_instance(old):
+            # A new config hash: registering again updates the Meta in place, while a
+            # deregistration first would drop lb from the catalog for a moment.
+            await self._cancel()
+            self._spec = spec
+        else:
+            await self.withdraw()
+            self._client, self._spec = client, spec
         if client is not None and spec is not None:
             self._task = asyncio.get_running_loop().create_task(self._register(client, spec))
+
+    async def _cancel(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _register(self, client: ConsulClient, spec: RegistrationSpec) -> None:
         failures = 0
@@ -92,6 +131,7 @@ class SelfRegistration:
                     port=spec.port,
                     check_url=spec.check_url,
                     check_interval=spec.check_interval,
+                    meta=dict(spec.meta),
                 )
             except ConsulError as exc:
                 failures += 1
@@ -114,11 +154,7 @@ class SelfRegistration:
 
     async def withdraw(self) -> None:
         """Stop registering and deregister; safe to call at any time."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._cancel()
         client, service_id = self._client, self.service_id
         self._client = self._spec = None
         self.service_id = None

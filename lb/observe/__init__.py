@@ -19,6 +19,7 @@ from ..runtime import set_hook
 from .accesslog import AccessLog
 from .exposition import Exposition
 from .metrics import Metrics
+from .series import SeriesSampler
 
 __all__ = ["Observability", "install"]
 
@@ -29,6 +30,7 @@ class Observability:
         runtime = server.runtime
         self.started_at = time.time()
         self.metrics = Metrics(runtime)
+        self.series = SeriesSampler(self.metrics)  # the dashboard's charts (series.py)
         self.access_log = AccessLog(server.loop)
         # A registry of its own: several servers in one process (tests) must not collide.
         self.registry = CollectorRegistry(auto_describe=False)
@@ -54,7 +56,8 @@ class Observability:
 
     # -- the Server extension interface ------------------------------------------------------------
     async def start(self) -> None:
-        """Nothing to start: observers are attached by the constructor."""
+        """Observers are attached by the constructor; the series sampler starts here."""
+        self.series.start()
 
     async def reconfigure(self) -> None:
         self._apply()
@@ -64,6 +67,7 @@ class Observability:
         `close` (from the admin server's stop, the last step of shutdown) flushes."""
 
     async def close(self) -> None:
+        await self.series.stop()
         runtime = self.server.runtime
         set_hook(runtime.observers, self.access_log, False)
         set_hook(runtime.tcp_observers, self.access_log, False)

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from .. import __version__
 from ..balancer.picker import IMPLEMENTATION
 from .metrics import BREAKER_STATES, CAPS, COUNTERS, STATES, Metrics, service_part
-from .recorder import OTHER, BackendStats
+from .recorder import OTHER, BackendStats, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,18 @@ class Exposition(Collector):
             "(OK, UNAVAILABLE, ...; other: a value outside the 17 codes).",
             labels=["route", "grpc_status"],
         )
+        # Kept per backend (recorder.py): summed per route and service here.
+        for ss in m.services.values():
+            by_route: dict[str, Histogram] = {}
+            for bs in (*ss.backends.values(), ss.retired):
+                for route, h in bs.durations.items():
+                    total = by_route.get(route)
+                    if total is None:
+                        total = by_route[route] = Histogram()
+                    total.add(h)
+            for route, h in by_route.items():
+                durations.add_metric([route, ss.name], h.cumulative(), h.sum)
         for rs in (*m.routes.values(), m.no_route):
-            for sname, h in rs.durations.items():
-                durations.add_metric([rs.name, sname], h.cumulative(), h.sum)
             for sname, n in rs.retries.items():
                 retries.add_metric([rs.name, sname], n)
             for (sname, kind), n in rs.failures.items():

@@ -200,6 +200,8 @@ class Metrics(Recorder):
                 if bs.label == OTHER:
                     ss.retired.absorb(bs)
                 else:
+                    # Its own series end, but the route's latency histogram must not go down.
+                    ss.retired.absorb_durations(bs)
                     ss.labelled -= 1
 
     def backend_totals(self, service: str, backend: str) -> tuple[int, int] | None:

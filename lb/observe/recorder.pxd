@@ -21,7 +21,6 @@ cdef class Count:
 cdef class RouteStats:
     cdef public long index
     cdef public str name
-    cdef public dict durations
     cdef public dict retries
     cdef public dict failures
     cdef public dict grpc
@@ -31,6 +30,7 @@ cdef class RouteStats:
 cdef class BackendStats:
     cdef public object backend
     cdef public dict cells
+    cdef public dict durations
     cdef public long long errors
     cdef public dict failures
     cdef public str label

@@ -37,6 +37,12 @@ class Histogram:
         self.counts = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
         self.sum = 0.0
 
+    def add(self, other: "Histogram") -> None:
+        counts = self.counts
+        for i, n in enumerate(other.counts):
+            counts[i] += n
+        self.sum += other.sum
+
     def cumulative(self) -> list[tuple[str, float]]:
         out, acc = [], 0
         for le, n in zip(_LE, self.counts, strict=True):
@@ -56,12 +62,11 @@ class Count:
 
 
 class RouteStats:
-    __slots__ = ("durations", "failures", "grpc", "index", "name", "retries")
+    __slots__ = ("failures", "grpc", "index", "name", "retries")
 
     def __init__(self, name: str, index: int) -> None:
         self.name = name
         self.index = index  # unique per RouteStats, part of the int keys of BackendStats.cells
-        self.durations: dict[str, Histogram] = {}  # by service name ("" when none)
         self.retries: dict[str, int] = {}  # by service name
         self.failures: dict[tuple[str, str], int] = {}  # (service, failure kind)
         self.grpc: dict[str, int] = {}  # gRPC answers by grpc-status name ("other" folded)
@@ -69,11 +74,15 @@ class RouteStats:
 
 class BackendStats:
     """Counts for one backend address of one service. `seen` holds the counters read from the
-    Backend object (selections, breaker transitions) at the last scrape."""
+    Backend object (selections, breaker transitions) at the last scrape. `durations` are kept
+    per backend and route (the look-up a per-route histogram would cost anyway): summed, they
+    are lb_request_duration_seconds{route, service}; alone, a backend's latency quantiles for
+    the admin API's series."""
 
     __slots__ = (
         "backend",
         "cells",
+        "durations",
         "errors",
         "failures",
         "label",
@@ -90,6 +99,7 @@ class BackendStats:
         # Request counts by route, status and method, under one int key made of all three (see
         # Recorder.record): finding the counter allocates nothing and hashes one int.
         self.cells: dict[int, Count] = {}
+        self.durations: dict[str, Histogram] = {}  # by route name ("" when none)
         self.requests = 0
         self.errors = 0  # 5xx answers and exchanges that failed, client departures aside
         self.upstream_count = 0
@@ -110,6 +120,15 @@ class BackendStats:
         """Routes removed by a reload take their series with them."""
         if any(c.key[0] not in live for c in self.cells.values()):
             self.cells = {k: c for k, c in self.cells.items() if c.key[0] in live}
+        if any(r not in live for r in self.durations):
+            self.durations = {r: h for r, h in self.durations.items() if r in live}
+
+    def absorb_durations(self, other: "BackendStats") -> None:
+        for route, src in other.durations.items():
+            h = self.durations.get(route)
+            if h is None:
+                h = self.durations[route] = Histogram()
+            h.add(src)
 
     def absorb(self, other: "BackendStats") -> None:
         for k, c in other.cells.items():
@@ -124,6 +143,7 @@ class BackendStats:
         ):
             for k, n in src.items():
                 d[k] = d.get(k, 0) + n  # type: ignore[index, attr-defined]
+        self.absorb_durations(other)
         self.requests += other.requests
         self.errors += other.errors
         self.upstream_count += other.upstream_count
@@ -194,9 +214,9 @@ class Recorder:
         if t:
             bs.upstream_count += 1
             bs.upstream_sum += now - t
-        h = rs.durations.get(sname)
+        h = bs.durations.get(rs.name)
         if h is None:
-            h = rs.durations[sname] = Histogram()
+            h = bs.durations[rs.name] = Histogram()
         d = now - ex.t0
         h.counts[bisect_left(BUCKETS, d)] += 1
         h.sum += d

@@ -12,7 +12,9 @@ an ephemeral loopback port; this one answers from them:
 | GET /api/status                       | worker 0's with counters summed; the supervisor's pid |
 |                                       | `workers` lists pid, status, restarts, last exit and  |
 |                                       | connections accepted of each worker                   |
-| GET /api/config, GET /                | worker 0's                                            |
+| GET /api/config, GET /, GET /api/fleet | worker 0's                                            |
+| GET /api/series                       | the workers' samples merged slot by slot: rates       |
+|                                       | summed, quantiles from the summed histograms          |
 | POST /api/reload                      | validated here; then SIGHUP to every worker, answered |
 |                                       | once each has reported its reload                     |
 | POST /api/backends/{s}/{b}/(un)drain  | sent to every worker; replayed to a restarted one     |
@@ -41,6 +43,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from ..admin.app import refuse
+from ..observe import series_report
 from ..proxy.accept import bind
 from .merge import Families, merge_expositions, merge_status
 
@@ -90,6 +93,8 @@ class SupervisorAdmin:
                 web.get("/metrics", self.metrics),
                 web.get("/api/status", self.status),
                 web.get("/api/config", self.passthrough),
+                web.get("/api/fleet", self.passthrough),
+                web.get("/api/series", self.series),
                 web.post("/api/reload", self.reload),
                 web.post("/api/backends/{service}/{backend}/drain", self.drain),
                 web.post("/api/backends/{service}/{backend}/undrain", self.drain),
@@ -200,6 +205,21 @@ class SupervisorAdmin:
         ]
         merged["worker_restarts"] = self.sup.restarts_total
         return web.json_response(merged)
+
+    async def series(self, request: web.Request) -> web.Response:
+        try:
+            window = series_report.window_seconds(request.query.get("window"))
+        except ValueError as exc:
+            return web.json_response({"error": f"window: {exc}"}, status=400)
+        answers = await self._all("GET", f"/api/series?raw=1&window={window:g}")
+        docs = [json.loads(body) for _, status, body, _ in answers if status == 200]
+        if not docs:
+            return self._no_worker()
+        merged = series_report.merge(docs)
+        if request.query.get("raw"):
+            return web.json_response(merged)
+        enabled = bool(self.sup.loaded.config.metrics.enabled)
+        return web.json_response(series_report.render(merged, metrics_enabled=enabled))
 
     async def passthrough(self, request: web.Request) -> web.Response:
         running = self.sup.running()
