@@ -212,11 +212,30 @@ class OutlierDetection:
 
 
 @dataclass
+class Balance:
+    # least_connections: the fewest requests in flight per weight. least_latency: Peak EWMA
+    # (Finagle, Linkerd): the lowest RTT estimate x (in flight + 1) / weight of two random
+    # backends; `decay` is the moving average's time constant (Finagle's 10 s), `penalty` the
+    # RTT that a 429, a 503 or a failed attempt counts as.
+    mode: Literal["least_connections", "least_latency"] = "least_connections"
+    decay: Duration = 10.0
+    penalty: Duration = 1.0
+
+    def check(self, report: Report) -> None:
+        for name in ("decay", "penalty"):
+            if self.mode != "least_latency" and name in marks(self):
+                report(name, f"{name} applies to mode: least_latency")
+            elif getattr(self, name) <= 0:
+                report(name, "expected a positive duration")
+
+
+@dataclass
 class Service:
     discovery: Literal["static", "consul"] = "static"
     backends: list[BackendSpec] = field(default_factory=list)
     consul: ConsulService | None = None
     slow_start: Duration = 0.0
+    balance: Balance = field(default_factory=Balance)
     timeouts: ServiceTimeouts = field(default_factory=ServiceTimeouts)
     pool: Pool = field(default_factory=Pool)
     tls: UpstreamTls | None = None
