@@ -135,7 +135,7 @@ cdef void *_resize(void *ptr, size_t size) except NULL:
 
 
 cdef class Picker:
-    """Weighted-least-connections picker over integer slots; see the module docstring."""
+    """Least-connections or least-latency picker over integer slots; see the module docstring."""
 
     cdef Py_ssize_t _cap
     cdef Py_ssize_t _high

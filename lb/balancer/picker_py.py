@@ -89,7 +89,7 @@ def _check_weight(weight: int) -> int:
 
 
 class Picker:
-    """Weighted-least-connections picker over integer slots; see the module docstring."""
+    """Least-connections or least-latency picker over integer slots; see the module docstring."""
 
     def __init__(self, seed: int = 1) -> None:
         self._rng = operator.index(seed) & _MASK64
