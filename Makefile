@@ -8,7 +8,7 @@ BENCH_PACKAGES := wrk haproxy nginx
 
 .PHONY: demo test soak bench bench-picker bench-routing lint build system-deps clean
 
-$(STAMP): pyproject.toml setup.py ext/picker.pyx ext/h2.pyx
+$(STAMP): pyproject.toml setup.py ext/picker.pyx ext/hashring.pyx ext/h2.pyx
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel Cython
 	$(BIN)/pip install -q -e '.[test]'
@@ -42,6 +42,7 @@ TWIN_TESTS := tests/test_build.py tests/test_exchange_harness.py tests/test_prox
 	tests/test_breaker.py tests/test_ratelimit.py tests/test_outlier.py tests/test_traffic_breaker.py \
 	tests/test_traffic_ratelimit.py tests/test_traffic_outlier.py tests/test_edge_ipfilter.py \
 	tests/test_edge_client_caps.py tests/test_edge_basic_auth.py tests/test_edge_jwt.py \
+	tests/test_balance_hash.py tests/test_compress.py tests/test_mirror.py \
 	tests/test_balance_latency.py
 
 # system-deps before build: lb._h2 is only built where libnghttp2-dev is installed.
@@ -61,10 +62,12 @@ bench: build
 	$(BIN)/python bench/run.py --with-multicore --memory --h2
 	$(BIN)/python bench/tcp_bench.py
 	$(BIN)/python bench/picker_bench.py
+	$(BIN)/python bench/hashring_bench.py
 	$(BIN)/python bench/routing_bench.py
 
 bench-picker: build
 	$(BIN)/python bench/picker_bench.py
+	$(BIN)/python bench/hashring_bench.py
 
 bench-routing: build
 	$(BIN)/python bench/routing_bench.py

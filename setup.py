@@ -54,6 +54,7 @@ def extensions() -> list:
     picker = {**common, "extra_compile_args": ["-O3", "-ffp-contract=off"]}
     exts = [
         Extension("lb._picker", ["ext/picker.pyx"], **picker),
+        Extension("lb._hashring", ["ext/hashring.pyx"], **common),
         Extension("lb._shm", ["ext/shm.pyx"], **common),
     ]
     try:

@@ -9,6 +9,8 @@ picking, forwarding, accounting.
     python bench/dataplane_bench.py --one      # this process only, as imported
     python bench/dataplane_bench.py --one --prof   # cProfile table (pure Python only)
     python bench/dataplane_bench.py --one --no-metrics   # without the metrics observer
+    python bench/dataplane_bench.py --one --edge policies   # lb_edge's (bench/edge_fixture.py)
+    python bench/dataplane_bench.py --one --edge request    # its request, no policies
 
 Run from the repository root. The pure-Python figure comes from a child process with
 LB_PURE_PYTHON=1, which imports the .py twins of the compiled data-path modules.
@@ -88,8 +90,20 @@ class FakeTransport:
         self.closing = True
 
 
+def edge_config(home: Path) -> tuple[str, bytes]:
+    """lb_edge's config and request: CONFIG's route with the fixture's policies, and the
+    request with the fixture's headers."""
+    import edge_fixture
+
+    lines, wrk_headers = edge_fixture.write(home)
+    extra = b"".join(h.encode() + b"\r\n" for h in wrk_headers[1::2])
+    flow = "routes: [{name: all, match: {path: {prefix: /}}, service: app}]\n"
+    block = "routes:\n  - name: all\n    match: {path: {prefix: /}}\n    service: app\n"
+    return CONFIG.replace(flow, block) + lines, REQ[:-2] + extra + b"\r\n"
+
+
 async def measure(
-    n: int, rounds: int, prof: bool, metrics: bool, policies: bool
+    n: int, rounds: int, prof: bool, metrics: bool, policies: bool, edge: str
 ) -> tuple[str, list[float]]:
     import lb.compiled
     from lb.config import load
@@ -102,15 +116,26 @@ async def measure(
     from lb.traffic.control import install as install_traffic_control
 
     loop = asyncio.get_running_loop()
+    home = tempfile.TemporaryDirectory()
+    text, req = (POLICIES if policies else CONFIG), REQ
+    if edge:
+        edge_text, req = edge_config(Path(home.name))
+        if edge == "policies":  # else the same request to plain lb: the difference is theirs
+            text = edge_text
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(POLICIES if policies else CONFIG)
+        f.write(text)
     try:
         loaded = load(f.name)
     finally:
         os.unlink(f.name)
     rt = Runtime(loaded, loop, Descriptors(1 << 20))
+    server = SimpleNamespace(runtime=rt, loop=loop, extensions=[])
+    if edge == "policies":
+        from lb.edge.install import install as install_edge
+
+        install_edge(server)  # type: ignore[arg-type]
     # As `lb run` does: default retries on every route, and the policies when configured.
-    install_traffic_control(SimpleNamespace(runtime=rt, loop=loop, extensions=[]))
+    install_traffic_control(server)
     if metrics:
         rt.observers.append(Metrics(rt))  # as `lb run` attaches it with metrics on
     lr = ListenerRuntime(rt, loaded.config.listeners[0], loop)
@@ -130,7 +155,7 @@ async def measure(
         """One request on each client connection, then one loop iteration, in which the
         outbox sends what they wrote, as a loop iteration with that many reads would."""
         for client, _ in clients:
-            client.data_received(REQ)
+            client.data_received(req)
             for u in ups:
                 if u.exchange is not None:
                     u.data_received(RESP)
@@ -140,6 +165,17 @@ async def measure(
                 raise SystemExit(f"expected one response write, got {ct.out!r}")
             ct.out.clear()
 
+    if edge:  # basic auth verifies once, off the loop; the batches measure the cached path
+        client, ct = clients[0]
+        client.data_received(req)
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            for u in ups:
+                if u.exchange is not None:
+                    u.data_received(RESP)
+            if ct.out:
+                break
+        ct.out.clear()
     batches = max(1, n // CONNECTIONS)
     for _ in range(50):
         await batch()
@@ -160,18 +196,24 @@ async def measure(
         for _ in range(batches):
             await batch()
         results.append((time.perf_counter() - t) / (batches * CONNECTIONS) * 1e6)
+    home.cleanup()
     return lb.compiled.implementation(), results
 
 
-def run_one(n: int, rounds: int, prof: bool, metrics: bool, policies: bool) -> None:
+def run_one(n: int, rounds: int, prof: bool, metrics: bool, policies: bool, edge: str) -> None:
     import uvloop
 
-    impl, results = uvloop.run(measure(n, rounds, prof, metrics, policies))
+    impl, results = uvloop.run(measure(n, rounds, prof, metrics, policies, edge))
     print(f"{impl} {min(results):.2f} {statistics.median(results):.2f}")
 
 
 def child(
-    pure: bool, n: int, rounds: int, metrics: bool = True, policies: bool = False
+    pure: bool,
+    n: int,
+    rounds: int,
+    metrics: bool = True,
+    policies: bool = False,
+    edge: str = "",
 ) -> tuple[str, float, float]:
     env = dict(os.environ)
     env.pop("LB_PURE_PYTHON", None)
@@ -182,6 +224,8 @@ def child(
         cmd.append("--no-metrics")
     if policies:
         cmd.append("--policies")
+    if edge:
+        cmd += ["--edge", edge]
     out = subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True)
     impl, best, med = out.stdout.split()[-3:]
     return impl, float(best), float(med)
@@ -195,26 +239,37 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-metrics", action="store_true", help="without the metrics observer")
     ap.add_argument("--policies", action="store_true", help="a rate limit and breakers on")
+    ap.add_argument(
+        "--edge", choices=("request", "policies"), default="",
+        help="lb_edge's request, to plain lb or with lb_edge's policies",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.one:
-        run_one(args.n, args.rounds, args.prof, not args.no_metrics, args.policies)
+        run_one(args.n, args.rounds, args.prof, not args.no_metrics, args.policies, args.edge)
         return
     # Interleaved, so drift on a shared machine hits both sides alike.
     compiled: list[float] = []
     bare: list[float] = []
     pure: list[float] = []
     policed: list[float] = []
+    edged: list[float] = []
+    edge_base: list[float] = []
     impl = "python"
     for _ in range(3):
         impl, best, _ = child(False, args.n, args.rounds)
         compiled.append(best)
         bare.append(child(False, args.n, args.rounds, metrics=False)[1])
         policed.append(child(False, args.n, args.rounds, policies=True)[1])
+        edged.append(child(False, args.n, args.rounds, edge="policies")[1])
+        edge_base.append(child(False, args.n, args.rounds, edge="request")[1])
         pure.append(child(True, args.n, args.rounds)[1])
-    c, m, p, q = min(compiled), min(bare), min(pure), min(policed)
+    c, m, p, q, e = min(compiled), min(bare), min(pure), min(policed), min(edged)
     print(f"data path as imported ({impl}): {c:.2f} us/request (best of {len(compiled)} runs)")
     print(f"  the same without metrics:      {m:.2f} us/request (metrics cost {c - m:.2f} us)")
     print(f"  with a rate limit and breakers: {q:.2f} us/request (they cost {q - c:.2f} us)")
+    b = min(edge_base)
+    print(f"  lb_edge's request, no policies: {b:.2f} us/request")
+    print(f"  with lb_edge's policies:       {e:.2f} us/request (they cost {e - b:.2f} us)")
     print(f"pure Python (LB_PURE_PYTHON=1):   {p:.2f} us/request")
     print(f"compiled saves {100 * (1 - c / p):.0f}% of the Python-level cost")
 

@@ -610,6 +610,15 @@ cdef class Picker:
             return None
         return self._estimate(slot, now)
 
+    def take(self, Py_ssize_t slot) -> None:
+        """Count a request on a slot chosen elsewhere (consistent hashing, affinity), as
+        ``pick`` counts its own choice; ``release`` ends it."""
+        self._check(slot)
+        self._in_flight[slot] += 1
+        if self._attached and self._total_ptr[slot] != NULL:
+            lb_add(self._total_ptr[slot], 1)
+            lb_store(self._own_ptr[slot], self._in_flight[slot])
+
     def in_flight(self, Py_ssize_t slot) -> int:
         """This picker's own requests on the slot."""
         self._check(slot)

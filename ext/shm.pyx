@@ -130,3 +130,129 @@ cdef int64_t _gcra_row(
         if lb_cas(base + 2 * victim, victim_key, key):
             return victim
     return -1
+
+
+# -- counts per client (lb.shm.SharedCaps) ---------------------------------------------------------
+# A row is [key << COUNT_BITS | count, own_0, ..., own_(workers-1)]: key and count in one word, so
+# that taking over a row whose count fell to 0 and counting in it are one compare-and-swap each,
+# and a row in use (count > 0) cannot change hands. `own_w` is what worker w holds of the count,
+# withdrawn when the worker dies.
+cdef enum:
+    COUNT_BITS = 24
+    COUNT_MASK = (1 << 24) - 1
+
+
+cdef inline int64_t _cap_key(uint64_t key_hash) noexcept nogil:
+    cdef int64_t key = <int64_t>(lb_mix64(key_hash) >> (COUNT_BITS + 1))
+    return key if key != 0 else 1
+
+
+cdef int64_t _cap_take(
+    int64_t *row, int64_t key, int64_t limit, int64_t worker
+) noexcept nogil:
+    """One more in `row` when it holds `key` (or is free) and its count is below `limit`:
+    1 counted, 0 at the limit, -1 the row holds another key now."""
+    cdef int64_t word, count
+    while True:
+        word = lb_load(row)
+        count = word & COUNT_MASK
+        if count == 0:
+            if lb_cas(row, word, (key << COUNT_BITS) | 1):
+                break
+            continue
+        if (word >> COUNT_BITS) != key:
+            return -1
+        if count >= limit:
+            return 0
+        if lb_cas(row, word, word + 1):
+            break
+    lb_add(row + 1 + worker, 1)
+    return 1
+
+
+cdef class ClientCounts:
+    """A table of counts per client key shared by all workers, in the segment's caps area."""
+
+    cdef Cells _cells
+    cdef int64_t *_base
+    cdef int64_t _rows
+    cdef int64_t _words
+    cdef int64_t _probes
+    cdef int64_t _worker
+
+    def __cinit__(
+        self, Cells cells, Py_ssize_t start, int64_t rows, int64_t workers, int64_t probes,
+        int64_t worker,
+    ):
+        cells._span(start, rows, 1 + workers)
+        if not 0 <= worker < workers:
+            raise ValueError(f"worker {worker} outside 0..{workers - 1}")
+        self._cells = cells
+        self._base = cells._base + start
+        self._rows = rows
+        self._words = 1 + workers
+        self._probes = min(probes, rows)
+        self._worker = worker
+
+    def enter(self, int64_t key_hash, int64_t limit) -> int:
+        """Count one for the key when all workers together hold fewer than `limit`: its row
+        (give it to `enter_row` and `leave`), -1 at the limit, -2 when no row is free."""
+        cdef int64_t key = _cap_key(<uint64_t>key_hash), word, r, i
+        cdef int64_t start = <int64_t>(<uint64_t>key % <uint64_t>self._rows)
+        cdef int64_t got
+        # The key's own row first, wherever it lies in the window: a free row ahead of it must
+        # not start a second count for the same key.
+        for i in range(self._probes):
+            r = (start + i) % self._rows
+            word = lb_load(self._base + r * self._words)
+            if (word & COUNT_MASK) != 0 and (word >> COUNT_BITS) == key:
+                got = _cap_take(self._base + r * self._words, key, limit, self._worker)
+                if got >= 0:
+                    return r if got else -1
+        for i in range(self._probes):
+            r = (start + i) % self._rows
+            got = _cap_take(self._base + r * self._words, key, limit, self._worker)
+            if got >= 0:
+                return r if got else -1
+        return -2
+
+    def enter_row(self, int64_t row, int64_t limit) -> bool:
+        """One more in a row this worker already holds a count of (so its key cannot have
+        changed), when below `limit`."""
+        cdef int64_t *cell = self._row(row)
+        cdef int64_t word
+        while True:
+            word = lb_load(cell)
+            if (word & COUNT_MASK) >= limit:
+                return False
+            if lb_cas(cell, word, word + 1):
+                lb_add(cell + 1 + self._worker, 1)
+                return True
+
+    def leave(self, int64_t row) -> None:
+        cdef int64_t *cell = self._row(row)
+        lb_add(cell, -1)
+        lb_add(cell + 1 + self._worker, -1)
+
+    def count(self, int64_t row) -> int:
+        return lb_load(self._row(row)) & COUNT_MASK
+
+    def forget_worker(self, int64_t worker) -> int:
+        """Withdraw what a dead worker held from every row; returns how much that was."""
+        cdef int64_t r, own, gone = 0
+        cdef int64_t *cell
+        if not 0 <= worker < self._words - 1:
+            raise ValueError(f"worker {worker} outside 0..{self._words - 2}")
+        for r in range(self._rows):
+            cell = self._base + r * self._words
+            own = lb_load(cell + 1 + worker)
+            if own:
+                lb_add(cell, -own)
+                lb_store(cell + 1 + worker, 0)
+                gone += own
+        return gone
+
+    cdef inline int64_t *_row(self, int64_t row) except NULL:
+        if row < 0 or row >= self._rows:
+            raise IndexError(f"row {row} outside 0..{self._rows - 1}")
+        return self._base + row * self._words

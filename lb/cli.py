@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -77,15 +78,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .workers import supervise
 
         return supervise(args, loaded)
-    return run_server(args.config, loaded)
+    return run_server(args.config, loaded, args.upgrade_from, args.upgrade_socket)
 
 
-def run_server(config_path: str, loaded: object, reuse_port: bool = False) -> int:
+def run_server(
+    config_path: str, loaded: object, upgrade_from: str | None, upgrade_socket: str | None
+) -> int:
     from .server import Server
+    from .upgrade import UpgradeError, complete, notify_systemd, offer_upgrades, take_over
 
-    async def main() -> None:
-        server = Server(config_path, loaded, reuse_port=reuse_port)  # type: ignore[arg-type]
-        await server.serve()
+    async def main() -> int:
+        try:
+            successor, inherited = await take_over(upgrade_from)
+        except (OSError, UpgradeError) as exc:
+            logging.getLogger("lb.upgrade").error("cannot upgrade: %s", exc)
+            return 1
+        server = Server(config_path, loaded, inherited=inherited)  # type: ignore[arg-type]
+        await server.start()
+        await complete(successor)
+        listener = await offer_upgrades(server, upgrade_socket)
+        if listener is not None:
+            server.extensions.append(listener)
+        notify_systemd(f"MAINPID={os.getpid()}\nREADY=1")
+        await server.stopping.wait()
+        await server.shutdown(server.grace())
+        return 0
 
     return run_loop(main)
 
@@ -119,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="serve traffic")
     run.add_argument("-c", "--config", required=True, help="YAML file or directory")
     run.add_argument("--workers", default=None, help="worker processes (N or auto)")
+    run.add_argument(
+        "--upgrade-from", default=None, metavar="PATH",
+        help="take the listening sockets over from the lb serving upgrades at PATH",
+    )  # fmt: skip
+    run.add_argument(
+        "--upgrade-socket", default=None, metavar="PATH",
+        help="serve upgrades (hand the listening sockets to a successor) at PATH",
+    )  # fmt: skip
     # Set by the supervisor on the command lines of its workers (lb.workers), not by people.
     run.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--shm", default=None, help=argparse.SUPPRESS)

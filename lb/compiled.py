@@ -32,6 +32,14 @@ MODULES = (
     "lb.traffic.gates",
     "lb.traffic.admission",
     "lb.traffic.control",
+    # the edge policies' request path (lb/edge/chain.py and the policies it runs per request)
+    "lb.edge.metrics",
+    "lb.edge.ipfilter",
+    "lb.edge.client_caps",
+    "lb.edge.chain",
+    "lb.edge.network",
+    "lb.edge.basic_auth",
+    "lb.edge.jwt_auth",
     # HTTP/2 toward clients; those in NEEDS_H2 import only where lb._h2 is built (the rest
     # never needs them)
     "lb.proxy.http2.request",

@@ -12,10 +12,17 @@ ones before it set up):
 2. traffic control (`lb.traffic.control.install`): `Route.limiter` (an `Admitter`),
    `Route.retry`, `Service.gate` (a `Gate`), backend breakers, and an `Observer` +
    `FailureHook` while some service needs outcomes;
-3. the admin server, which the next step registers its metrics with;
-4. observability (`lb.observe.install`): the metrics `Observer` + `FailureHook` and the
+   then consistent hashing and affinity (`lb.balancer.install.install`): `Service.balance`
+   for services with a hash mode or an affinity cookie, which the exchange asks instead of
+   its inline least-connections pick;
+3. compression and mirroring (`lb.compress.install`, `lb.mirror.install`): `Route.compress`
+   (asked at each response head; it may set `Exchange.encoder`, which then takes the body
+   and the end in place of the client side) and `Route.mirror` (asked as a request is
+   forwarded; it may set `Exchange.mirror`, which then takes the request body);
+4. the admin server, which the next step registers its metrics with;
+5. observability (`lb.observe.install`): the metrics `Observer` + `FailureHook` and the
    access-log `Observer`, each attached only while enabled, so that what is off costs nothing;
-5. discovery (`lb.discovery.manager.install`): backend sets into `Service.update`.
+6. discovery (`lb.discovery.manager.install`): backend sets into `Service.update`.
 
 A mode: tcp listener (`lb.proxy.tcp`) has no exchanges: it reports each connection once, as it
 ends, to the `TcpObserver`s in `Runtime.tcp_observers` (the access log), and its failed

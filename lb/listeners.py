@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from .config import model
 from .proxy.accept import Acceptor, bind
 from .proxy.tls import TlsSwitch
+from .upgrade import Inherited
 
 Address = tuple[str, int]
 
@@ -46,14 +47,20 @@ async def prepare_listeners(
     running: dict[Address, Acceptor],
     make_acceptor: Callable[[socket.socket], Acceptor],
     reuse_port: bool,
+    inherited: Inherited | None = None,
 ) -> ListenerPlan:
     """Everything `configs` needs, or an exception (OSError, ssl.SSLError, ValueError) whose
-    message names the listener; nothing running is touched either way."""
+    message names the listener; nothing running is touched either way. An address a
+    predecessor handed over (`inherited`, lb/upgrade.py) is served on its socket."""
     plan = ListenerPlan(list(configs))
     loop = asyncio.get_running_loop()
     try:
         for cfg in configs:
             acceptor = running.get(cfg.bind)
+            sock = inherited.take(cfg.bind) if acceptor is None and inherited else None
+            if sock is not None:
+                acceptor = make_acceptor(sock)
+                plan.bound.add(cfg.bind)
             if acceptor is None:
                 try:
                     sock = bind(cfg.bind, reuse_port)

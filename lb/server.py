@@ -9,17 +9,22 @@ from collections.abc import Callable
 from typing import Any
 
 from .admin.app import AdminServer
+from .balancer.install import install as install_balancing
+from .compress.install import install as install_compression
 from .config import ConfigError, Loaded, load
 from .config.watch import ConfigWatcher, signature
 from .discovery.manager import install as install_discovery
 from .edge.install import install as install_edge
 from .listeners import ListenerPlan, prepare_listeners
+from .mirror.install import install as install_mirroring
 from .observe import install as install_observability
 from .proxy.accept import Acceptor, Descriptors, raise_descriptor_limit
+from .proxy.downstream import ClientConnection
 from .proxy.listener import ListenerRuntime
 from .proxy.tcp.listener import TcpListenerRuntime
 from .runtime import Runtime
 from .traffic.control import install as install_traffic_control
+from .upgrade import HANDOVER_GRACE, Inherited, Offer
 
 log = logging.getLogger("lb")
 
@@ -32,13 +37,17 @@ class Server:
         *,
         reuse_port: bool = False,
         watch_interval: float = 1.0,
+        inherited: Inherited | None = None,
     ) -> None:
         self.config_path = config_path
         # What the files looked like when last read: the watcher reloads when they change.
-        self.config_signature = signature(config_path)
+        self.config_signature = signature(config_path, loaded.inputs)
         self.loop = asyncio.get_running_loop()
         self.runtime = Runtime(loaded, self.loop, Descriptors(raise_descriptor_limit()))
         self.reuse_port = reuse_port
+        # A predecessor's listening sockets (lb/upgrade.py), used where the config listens.
+        self.inherited = inherited
+        self.superseded = False  # a successor serves: drain with HANDOVER_GRACE
         # One per listening address, kept across reloads while some listener binds there.
         self.acceptors: dict[tuple[str, int], Acceptor] = {}
         # Listeners a reload removed (or switched between http and tcp), until their last
@@ -64,6 +73,9 @@ class Server:
         self._install_signals()
         install_edge(self)
         install_traffic_control(self)
+        install_balancing(self)
+        install_compression(self)
+        install_mirroring(self)
         self.admin = (self.admin_factory or AdminServer)(self)
         install_observability(self)
         install_discovery(self)
@@ -71,6 +83,9 @@ class Server:
         for ext in self.extensions:
             await ext.start()
         self._serve_listeners(await self._prepare_listeners(self.runtime.config.listeners))
+        if self.inherited is not None:
+            self.inherited.close_unused()
+            self.inherited = None
 
     async def _prepare_listeners(self, configs: list[Any]) -> ListenerPlan:
         descriptors = self.runtime.descriptors
@@ -80,6 +95,7 @@ class Server:
             self.acceptors,
             lambda sock: Acceptor(sock, self.loop, descriptors, errors),
             self.reuse_port,
+            self.inherited,
         )
 
     def _serve_listeners(self, plan: ListenerPlan) -> None:
@@ -128,7 +144,8 @@ class Server:
     async def reload(self) -> tuple[bool, list[str]]:
         """Validate and compile off the request path, then swap; a bad config changes nothing."""
         async with self.reload_lock:
-            self.config_signature = signature(self.config_path)
+            running = self.runtime.loaded.inputs
+            self.config_signature = signature(self.config_path, running)
             try:
                 loaded = await self.loop.run_in_executor(None, load, self.config_path)
             except ConfigError as exc:
@@ -175,20 +192,53 @@ class Server:
     async def serve(self) -> None:
         await self.start()
         await self.stopping.wait()
-        await self.shutdown()
+        await self.shutdown(self.grace())
 
-    async def shutdown(self) -> None:
-        """Stop accepting, close idle connections, let in-flight ones finish up to the drain."""
+    def grace(self) -> float:
+        return HANDOVER_GRACE if self.superseded else 0.0
+
+    def stop_accepting(self) -> None:
+        for acceptor in self.acceptors.values():
+            acceptor.close()
+        self.acceptors = {}
+
+    # -- upgrades (lb/upgrade.py) -----------------------------------------------------------------
+    def handover_sockets(self) -> Offer:
+        listeners = [(address, acc.sock) for address, acc in self.acceptors.items()]
+        admin = self.admin.listening_socket() if self.admin is not None else None
+        return listeners, admin, {}
+
+    def handover_abandoned(self) -> None:
+        """Nothing changed here before the successor said it served."""
+
+    async def handed_over(self, ready: dict[str, object]) -> None:
+        self.stop_accepting()
+        if self.admin is not None:
+            await self.admin.stop_listening()
+        self.superseded = True
+        self.stopping.set()
+
+    async def shutdown(self, grace: float = 0.0) -> None:
+        """Stop accepting, close idle connections, let in-flight ones finish up to the drain.
+        With a `grace` (after an upgrade), idle HTTP/1.1 connections are first left open that
+        long, marked to close after one more response: a client that was about to send on
+        one gets its answer (with `Connection: close`) instead of a closed connection."""
         log.info("shutting down: draining")
         self._remove_signals()
         for ext in self.extensions:
             await ext.stop()
         drain = max((c.timeouts.drain for c in self.runtime.config.listeners), default=0)
-        for acceptor in self.acceptors.values():
-            acceptor.close()
-        self.acceptors = {}
+        self.stop_accepting()
         deadline = self.loop.time() + drain
         listeners = [*self.runtime.listeners.values(), *self.retired]
+        if grace > 0:
+            for lr in listeners:
+                for conn in lr.connections:
+                    if isinstance(conn, ClientConnection):
+                        conn.closing = True
+            until = min(deadline, self.loop.time() + grace)
+            while self.loop.time() < until and any(lr.connections for lr in listeners):
+                await asyncio.sleep(0.05)
         while self.loop.time() < deadline:
             for lr in listeners:
                 for conn in list(lr.connections):

@@ -5,10 +5,12 @@ The supervisor creates the segment (a file under /dev/shm, mapped by every proce
 starts the workers; each worker maps it and `activate`s it before building its services. The
 segment is a flat array of int64 words, all zero when created:
 
-    header          8 words: magic, version, workers, counter_rows, named_rows, gcra_rows
+    header          8 words: magic, version, workers, counter_rows, named_rows, gcra_rows,
+                    client_rows
     counters        counter_rows rows of [key, total, own_0, ..., own_(workers-1)]
     named GCRA      named_rows rows of [key, TAT bits]: each limiter's overflow bucket
     keyed GCRA      gcra_rows rows of [key, TAT bits]: one per (limiter, client key)
+    client counts   client_rows rows of [key|count, own_0, ..., own_(workers-1)]
 
 In-flight counts. A backend's row is found by a 63-bit hash of "service\\nhost:port" with
 linear probing, and claimed by a compare-and-swap of the key word from 0, so every worker finds
@@ -32,6 +34,15 @@ of the client key; `lb.traffic.shared_ratelimit.SharedLimiter` (LocalLimiter's i
 this table) uses `hash()`, which the supervisor makes agree across workers by giving them all
 the same PYTHONHASHSEED.
 
+Counts per client. The edge's per-client caps (connections per client address on a listener,
+requests in flight per client key on a route) count in `ClientCounts` rows: key and count share
+one word, so a row is taken, counted in and, once its count is back to 0, free to be taken by
+another key, each in one compare-and-swap; the same 16-row probe window as the rate limits bounds
+the keys held at once. `own` columns are withdrawn when a worker dies, like the in-flight
+counts. A key that finds no free row (more than `client_rows` clients at once, or a crowded
+window) is counted in its worker only (lb.edge.client_caps). Keys are `hash()`es (the same
+PYTHONHASHSEED in every worker) mixed to 39 bits; two clients whose keys collide share a count.
+
 Times given to `SharedGcra` must come from one clock for all workers: the event loop's
 `time()` (CLOCK_MONOTONIC under uvloop and asyncio on Linux) is.
 
@@ -52,12 +63,14 @@ from typing import Any
 log = logging.getLogger("lb.shm")
 
 MAGIC = int.from_bytes(b"lbshm\x00\x00\x01", "little")
-VERSION = 1
+VERSION = 2
 HEADER_WORDS = 8
 COUNTER_ROWS = 16_384
 NAMED_ROWS = 1_024
 GCRA_ROWS = 131_072
 GCRA_PROBES = 16
+CLIENT_ROWS = 65_536
+CLIENT_PROBES = 16
 _MASK63 = (1 << 63) - 1
 
 
@@ -73,6 +86,7 @@ class Layout:
     counter_rows: int = COUNTER_ROWS
     named_rows: int = NAMED_ROWS
     gcra_rows: int = GCRA_ROWS
+    client_rows: int = CLIENT_ROWS
 
     @property
     def counter_words(self) -> int:
@@ -91,14 +105,26 @@ class Layout:
         return self.named_at + 2 * self.named_rows
 
     @property
+    def clients_at(self) -> int:
+        return self.gcra_at + 2 * self.gcra_rows
+
+    @property
     def size(self) -> int:
-        return 8 * (self.gcra_at + 2 * self.gcra_rows)
+        return 8 * (self.clients_at + (1 + self.workers) * self.client_rows)
 
 
 def _cells(buffer: mmap.mmap) -> Any:
     from ._shm import Cells  # compiled; imported only where a segment is used
 
     return Cells(buffer)
+
+
+def _client_counts(
+    cells: Any, start: int, rows: int, workers: int, probes: int, worker: int
+) -> Any:
+    from ._shm import ClientCounts
+
+    return ClientCounts(cells, start, rows, workers, probes, worker)
 
 
 class Segment:
@@ -128,6 +154,7 @@ class Segment:
             layout.counter_rows,
             layout.named_rows,
             layout.gcra_rows,
+            layout.client_rows,
         )
         for i, value in enumerate(header):
             seg.cells.store(i, value)
@@ -144,7 +171,7 @@ class Segment:
         try:
             if words[0] != MAGIC or words[1] != VERSION:
                 raise ValueError(f"{path} is not an lb shared segment of version {VERSION}")
-            layout = Layout(words[2], words[3], words[4], words[5])
+            layout = Layout(words[2], words[3], words[4], words[5], words[6])
         finally:
             words.release()
         return cls(path, buffer, layout)
@@ -170,9 +197,18 @@ class Segment:
         row = self.counter_row(service, backend)
         return 0 if row is None else int(self.cells.load(row + 1))
 
+    def client_counts(self, worker: int) -> Any:
+        """Worker `worker`'s view of the counts per client (an `lb._shm.ClientCounts`)."""
+        lay = self.layout
+        return _client_counts(
+            self.cells, lay.clients_at, lay.client_rows, lay.workers, CLIENT_PROBES, worker
+        )
+
     def forget_worker(self, worker: int) -> int:
-        """Withdraw a dead worker's requests from every total; returns how many there were."""
+        """Withdraw a dead worker's requests from every total, and what it held of the counts
+        per client; returns how many requests there were."""
         lay, cells = self.layout, self.cells
+        self.client_counts(worker).forget_worker(worker)
         gone = 0
         for row in range(lay.counters_at, lay.named_at, lay.counter_words):
             if cells.load(row) == 0:
@@ -222,6 +258,13 @@ def activate(segment: Segment, worker: int) -> None:
 
 def active_segment() -> Segment | None:
     return _active.segment if _active is not None else None
+
+
+def shared_client_counts() -> Any:
+    """This worker's `ClientCounts`; None in a single process."""
+    if _active is None:
+        return None
+    return _active.segment.client_counts(_active.worker)
 
 
 def attach_backend(picker: Any, slot: int, service: str, address: tuple[str, int]) -> None:

@@ -208,6 +208,21 @@ async def running_lb(tmp_path: Path, text: str, watch_interval: float = 1.0) -> 
 
 
 @contextlib.asynccontextmanager
+async def serve_app(app: Any) -> AsyncIterator[str]:
+    """An aiohttp `web.Application` served on a free loopback port: its "host:port"."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
 async def backends(n: int = 2, **kw: Any) -> AsyncIterator[list[RawBackend]]:
     started = [await RawBackend(**kw).start() for _ in range(n)]
     try:

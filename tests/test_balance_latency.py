@@ -162,13 +162,16 @@ def load_text(tmp_path: Path, text: str) -> model.Config:
 
 def test_config_defaults_and_validation(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, service_yaml("{}"))
-    assert cfg.services["app"].balance == model.Balance("least_connections", 10.0, 1.0)
+    assert cfg.services["app"].balance == model.Balance()
     cfg = load_text(tmp_path, service_yaml("{mode: least_latency, decay: 2s, penalty: 250ms}"))
-    assert cfg.services["app"].balance == model.Balance("least_latency", 2.0, 0.25)
+    balance = cfg.services["app"].balance
+    assert (balance.mode, balance.decay, balance.penalty) == ("least_latency", 2.0, 0.25)
     for bad, words in [
         ("{mode: fastest}", "services.app.balance.mode"),
         ("{decay: 5s}", "decay applies to mode: least_latency"),
         ("{mode: least_latency, penalty: 0s}", "expected a positive duration"),
+        ("{mode: least_latency, virtual_nodes: 10}", "applies to mode: ring_hash and maglev"),
+        ("{mode: maglev, hash_on: client_ip, decay: 1s}", "decay applies to mode: least_latency"),
     ]:
         with pytest.raises(ConfigError) as err:
             load_text(tmp_path, service_yaml(bad))
@@ -181,7 +184,7 @@ def test_the_mode_follows_the_config() -> None:
     b = next(iter(svc.backends.values()))
     svc.answered(b, 200, 0.0)  # least connections: no sample kept
     assert svc.latency(b) is None
-    svc.configure(model.Service(balance=model.Balance("least_latency", 10.0, 0.5)))
+    svc.configure(model.Service(balance=model.Balance("least_latency", penalty=0.5)))
     svc.answered(b, 503, 0.0)
     assert svc.latency(b) == pytest.approx(0.5, rel=1e-3)
 
@@ -291,6 +294,36 @@ async def test_drain_and_ejection_win_over_latency(tmp_path: Path) -> None:
         requests = a.requests
         await spread(lb, 60)
         assert a.requests == requests
+
+
+async def test_an_affinity_cookie_holds_and_a_new_client_goes_by_latency(tmp_path: Path) -> None:
+    service = LEAST_LATENCY + "    affinity: {cookie: lb_aff}\n"
+    async with (
+        faulty("a", "b", "c") as (a, b, c),
+        lb_for(tmp_path, [a, b, c], extra_service=service) as lb,
+    ):
+        b.mode = c.mode = "slow"
+        b.delay = c.delay = 0.005
+        await spread(lb, 30)  # every backend has samples, a the fastest
+        a.mode, a.delay = "slow", 0.05
+        client = await Client.connect(lb.port)
+        try:
+            # The cheapest until it has answered slowly once: a new client lands on it.
+            for _ in range(50):
+                r = await client.request("GET", "/")
+                if r.body == b"a":
+                    break
+            else:
+                pytest.fail("a never served")
+            cookie = (r.header("set-cookie") or "").split(";")[0]
+            assert cookie.startswith("lb_aff=")
+            for _ in range(3):  # slow or not, the cookie takes the client back to it
+                r = await client.request("GET", "/", headers=f"cookie: {cookie}\r\n")
+                assert r.body == b"a"
+        finally:
+            client.close()
+        seen = await spread(lb, 60)  # clients without the cookie avoid the slow one
+        assert seen[b"a"] < 10, seen
 
 
 async def test_reload_switches_modes_and_keeps_serving(tmp_path: Path) -> None:

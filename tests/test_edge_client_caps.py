@@ -91,7 +91,7 @@ async def test_failed_tls_handshakes_give_their_place_back(tmp_path: Path) -> No
 async def test_tcp_listener_caps_connections_per_client(tmp_path: Path) -> None:
     port = free_port()
     async with faulty("a") as (a,):
-        text = tcp_listener_config(port, free_port(), a.address, 'max_connections_per_client: 1')
+        text = tcp_listener_config(port, free_port(), a.address, "max_connections_per_client: 1")
         async with running_lb(tmp_path, text) as lb:
             held = await connect_from(port)
             assert (await held.request()).status == 200

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import Client, backends, free_port, lb_yaml, running_lb
+from conftest import Client, backends, free_port, lb_yaml, running_lb, serve_app
 from edge_helpers import curl, routes
 
 from lb.config import ConfigError, load
@@ -39,14 +39,8 @@ async def auth_service() -> AsyncIterator[tuple[str, dict[str, Any]]]:
 
     app = web.Application()
     app.router.add_get("/check", check)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}/check", state
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as address:
+        yield f"http://{address}/check", state
 
 
 def fwd(url: str, extra: str = "") -> str:

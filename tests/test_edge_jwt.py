@@ -16,7 +16,7 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp import web
-from conftest import Client, backends, free_port, lb_yaml, running_lb
+from conftest import Client, backends, free_port, lb_yaml, running_lb, serve_app
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from edge_helpers import curl, routes
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
@@ -158,14 +158,8 @@ async def jwks_server(state: dict[str, Any]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/jwks", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}/jwks"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as address:
+        yield f"http://{address}/jwks"
 
 
 async def until(check: Any, timeout: float = 5.0) -> None:

@@ -4,6 +4,7 @@ with --cert/--key, and a CA change on reload without rebinding."""
 
 import asyncio
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -249,6 +250,27 @@ async def test_a_ca_change_reloads_without_rebinding(tmp_path: Path, pki: dict) 
             ok, errors = await lb.server.reload()
             assert ok, errors
             assert lb.server.acceptors[("127.0.0.1", port)].sock is sock  # never rebound
+            assert await tls_get(port, client_ctx(pki, "mallory")) == 200
+            assert await refused(port, client_ctx(pki, "alice"))
+
+
+async def test_a_ca_bundle_replaced_in_place_reloads_by_itself(tmp_path: Path, pki: dict) -> None:
+    """What a certificate renewer does: the same path, new bytes, no edit of the YAML."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(Path(pki["ca_file"]).read_bytes())
+    async with backends(1) as (be,):
+        port, admin = free_port(), free_port()
+        text = config(port, admin, be.address, pki, "require", ca=bundle)
+        async with running_lb(tmp_path, text, watch_interval=0.1) as lb:
+            assert await tls_get(port, client_ctx(pki, "alice")) == 200
+            digest = lb.server.runtime.loaded.digest
+            renewed = tmp_path / "bundle.new"
+            renewed.write_bytes(Path(pki["stranger_ca_file"]).read_bytes())
+            renewed.rename(bundle)  # atomically, as renewers and ConfigMaps do
+            deadline = time.monotonic() + 5
+            while lb.server.runtime.loaded.digest == digest and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert lb.server.reloads["success"] == 1
             assert await tls_get(port, client_ctx(pki, "mallory")) == 200
             assert await refused(port, client_ctx(pki, "alice"))
 

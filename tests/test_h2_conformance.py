@@ -195,6 +195,7 @@ CONNECTION_ERRORS = {
     ),
 }
 
+
 # 6.3: "If a PRIORITY frame is received with a stream identifier of 0x00, the recipient MUST
 # respond with a connection error of type PROTOCOL_ERROR." lb advertises
 # SETTINGS_NO_RFC7540_PRIORITIES=1, and its nghttp2 (1.52) then checks a PRIORITY frame's

@@ -146,6 +146,13 @@ class PickerPair(RuleBasedStateMachine):
             else:
                 self.both("release", slot)
 
+    @precondition(lambda self: self.slots)
+    @rule(data=st.data())
+    def take(self, data: st.DataObject) -> None:
+        slot = data.draw(st.sampled_from(self.slots))
+        self.both("take", slot)
+        self.held.append(slot)
+
     @precondition(lambda self: self.held)
     @rule(data=st.data(), count=st.integers(1, 30))
     def release(self, data: st.DataObject, count: int) -> None:

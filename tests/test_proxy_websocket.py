@@ -5,7 +5,7 @@ import contextlib
 
 import aiohttp
 from aiohttp import web
-from conftest import free_port, lb_yaml, running_lb
+from conftest import free_port, lb_yaml, running_lb, serve_app
 
 
 @contextlib.asynccontextmanager
@@ -24,14 +24,8 @@ async def ws_backend():
 
     app = web.Application()
     app.router.add_get("/ws", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as address:
+        yield address
 
 
 async def test_websocket_echo_through_lb(tmp_path):

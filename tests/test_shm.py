@@ -216,3 +216,56 @@ def test_segment_lives_in_dev_shm_by_default():
     finally:
         seg.unlink()
     assert not os.path.exists(seg.path)
+
+
+# -- counts per client ---------------------------------------------------------------------------
+def small_layout(client_rows: int) -> Layout:
+    return Layout(workers=2, counter_rows=8, named_rows=8, gcra_rows=8, client_rows=client_rows)
+
+
+def test_client_counts_are_one_count_for_all_workers(tmp_path):
+    seg = Segment.create(small_layout(client_rows=4), str(tmp_path))
+    try:
+        w0, w1 = seg.client_counts(0), seg.client_counts(1)
+        row = w0.enter(hash("alice"), 3)
+        assert row >= 0
+        assert w1.enter(hash("alice"), 3) == row  # the same row, whichever worker asks
+        assert w1.enter_row(row, 3)
+        assert w0.count(row) == 3
+        assert w0.enter(hash("alice"), 3) == -1 and not w1.enter_row(row, 3)  # at the cap
+        # the other keys fill the rest of the table; one more finds no row
+        others = [w0.enter(hash(f"k{i}"), 1) for i in range(3)]
+        assert sorted([row, *others]) == [0, 1, 2, 3]
+        assert w1.enter(hash("newcomer"), 1) == -2
+        # a dead worker's share is withdrawn; a row back at 0 is free for another key
+        assert seg.forget_worker(1) == 0  # no requests: only its client counts
+        assert w0.count(row) == 1
+        w0.leave(row)
+        assert w0.count(row) == 0
+        assert w1.enter(hash("newcomer"), 1) == row
+    finally:
+        seg.unlink()
+
+
+def _enter_and_leave(path: str, worker: int, rounds: int) -> None:
+    counts = Segment.open(path).client_counts(worker)
+    for _ in range(rounds):
+        row = counts.enter(12345, 1_000_000)  # the same key in both (no shared hash seed here)
+        counts.leave(row)
+
+
+def test_client_counts_stay_exact_under_concurrent_workers(tmp_path):
+    seg = Segment.create(small_layout(client_rows=64), str(tmp_path))
+    try:
+        procs = [
+            SPAWN.Process(target=_enter_and_leave, args=(seg.path, w, 20_000)) for w in range(2)
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+        counts = seg.client_counts(0)
+        assert [counts.count(r) for r in range(64)] == [0] * 64
+    finally:
+        seg.unlink()

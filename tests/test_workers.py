@@ -388,3 +388,63 @@ def test_worker_counts():
     for bad in ("0", "-1", "many"):
         with pytest.raises(ValueError):
             parse_workers(bad)
+
+
+async def _answered(client: Client) -> bool:
+    """Whether a request on a fresh connection is answered (not closed at accept)."""
+    try:
+        return (await client.request("GET", "/")).status == 200
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return False
+
+
+async def test_per_client_caps_count_across_workers(tmp_path):
+    """One client's connections and requests in flight land on both workers; the caps hold
+    for them together, and a place given back on one worker is free on the other."""
+    release = asyncio.Event()
+    routes = (
+        "routes:\n"
+        "  - name: slow\n    match: {path: {prefix: /slow}}\n    service: app\n"
+        "    client_in_flight: {max: 3}\n"
+        "  - name: all\n    match: {path: {prefix: /}}\n    service: app\n"
+    )
+
+    async def respond(seen: Any) -> bytes:
+        if seen.path.startswith("/slow"):
+            await release.wait()
+        return ok_response(b"ok")
+
+    async with (
+        backends(1, respond=respond) as bes,
+        tree(
+            tmp_path, [bes[0].address], routes=routes,
+            extra_listener="    max_connections_per_client: 10\n",
+        ) as t,
+    ):  # fmt: skip
+        held = [await Client.connect(t.port) for _ in range(14)]
+        answered = [await _answered(c) for c in held]
+        assert answered.count(True) == 10, answered
+        kept = [c for c, ok in zip(held, answered, strict=True) if ok]
+        for c in held:
+            if c not in kept:
+                c.close()
+        # in flight: 7 slow requests on 7 of the kept connections, 3 let in
+        slow = [asyncio.create_task(c.request("GET", "/slow", timeout=30)) for c in kept[:7]]
+        deadline = time.monotonic() + 10
+        while sum(x.done() for x in slow) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        refused = [x.result().status for x in slow if x.done()]
+        assert refused == [429] * 4, refused
+        assert len([s for s in bes[0].seen if s.path == "/slow"]) == 3
+        release.set()
+        assert sorted([(await x).status for x in slow]) == [200] * 3 + [429] * 4
+        # a connection closed gives its place back, whichever worker held it
+        for c in kept[:5]:
+            c.close()
+        await asyncio.sleep(0.3)
+        again = [await Client.connect(t.port) for _ in range(6)]
+        assert [await _answered(c) for c in again].count(True) == 5
+        for c in kept[5:] + again:
+            c.close()
+        workers = (await t.status())["workers"]
+        assert all(w["accepted"] > 0 for w in workers), workers

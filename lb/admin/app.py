@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +36,7 @@ from prometheus_client.exposition import choose_encoder
 from .. import __version__
 from ..balancer.picker import IMPLEMENTATION
 from ..observe.metrics import service_part
+from ..proxy.accept import bind
 from .dashboard import PAGE
 
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
@@ -81,6 +83,8 @@ class AdminServer:
     def __init__(self, server: Any) -> None:
         self.server = server
         self.runner: web.AppRunner | None = None
+        self.site: web.BaseSite | None = None
+        self.sock: socket.socket | None = None  # the admin port's listening socket
         self.ready_checks: list[Any] = []  # callables: () -> str | None (a reason not ready)
         self.observe: Any = None  # lb.observe.Observability, set by lb.observe.install
         self.on_stop: list[Callable[[], Awaitable[None]]] = []  # run after the listener closes
@@ -106,9 +110,28 @@ class AdminServer:
 
     async def start(self) -> None:
         host, port = self.server.runtime.config.admin.bind
+        inherited = self.server.inherited
+        sock = inherited.admin if inherited is not None else None
+        if sock is not None:
+            inherited.admin = None
+            if sock.getsockname()[:2] != (host, port):  # the new config moved the admin port
+                sock.close()
+                sock = None
+        self.sock = sock or bind((host, port), reuse_port=False)
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        await web.TCPSite(self.runner, host, port, reuse_address=True).start()
+        self.site = web.SockSite(self.runner, self.sock)
+        await self.site.start()
+
+    def listening_socket(self) -> socket.socket | None:
+        """What an upgrade hands to the successor (lb/upgrade.py)."""
+        return self.sock
+
+    async def stop_listening(self) -> None:
+        """A successor serves the admin port now: stop accepting on it, keep the rest."""
+        if self.site is not None:
+            await self.site.stop()
+            self.site = None
 
     async def stop(self) -> None:
         if self.runner is not None:

@@ -472,6 +472,13 @@ class Picker:
             return None
         return self._estimate(slot, float(now))
 
+    def take(self, slot: int) -> None:
+        """Count a request on a slot chosen elsewhere (consistent hashing, affinity), as
+        ``pick`` counts its own choice; ``release`` ends it."""
+        slot = self._check(slot)
+        self._in_flight[slot] += 1
+        self._count_shared(slot, 1)
+
     def in_flight(self, slot: int) -> int:
         """This picker's own requests on the slot."""
         return self._in_flight[self._check(slot)]

@@ -27,6 +27,7 @@ cdef class Service:
     cdef public object discovery
     cdef public Service fallback
     cdef public list on_change
+    cdef public object balance
 
     @cython.locals(b=Backend)
     cpdef Backend admit(self, Py_ssize_t slot, double now)

@@ -17,15 +17,16 @@ if TYPE_CHECKING:
     from ..hooks import Gate
     from ..traffic.breaker import Breaker, Caps
     from ..traffic.outlier import OutlierDetector
+    from .balance import Balance
 
 
 class Service:
     # Compiled, an extension type (service.pxd); this names the same fields for the twin.
     # fmt: off
     __slots__ = (
-        "backends", "breaker", "by_slot", "caps", "clock", "config", "discovery", "fallback",
-        "gate", "h2", "head_timeout", "idle_timeout", "least_latency", "max_idle", "name",
-        "on_change", "outlier", "panic", "penalty", "picker",
+        "backends", "balance", "breaker", "by_slot", "caps", "clock", "config", "discovery",
+        "fallback", "gate", "h2", "head_timeout", "idle_timeout", "least_latency", "max_idle",
+        "name", "on_change", "outlier", "panic", "penalty", "picker",
     )
     # fmt: on
 
@@ -48,6 +49,8 @@ class Service:
         self.discovery: ServiceWatch | None = None  # the watch feeding it, when not static
         self.fallback: Service | None = None
         self.on_change: list[Callable[[Service], None]] = []
+        # Consistent hashing and/or affinity (lb/balancer/balance.py); None: least connections
+        self.balance: Balance | None = None
 
     def configure(self, config: model.Service) -> None:
         """A (new) config; what the request path reads of it, as plain attributes."""
@@ -91,6 +94,8 @@ class Service:
                 b.weight = weight
                 self.picker.set_weight(b.slot, weight)
             self.refresh(b, now)
+        if self.balance is not None:
+            self.balance.rebuild(now)
         self._changed()
 
     def _retire(self, b: Backend) -> None:
@@ -123,6 +128,8 @@ class Service:
         now = self.clock() if now is None else now
         eligible = b.eligible(now)
         self.picker.set_eligible(b.slot, eligible, now, self.config.slow_start if eligible else 0.0)
+        if self.balance is not None:
+            self.balance.refreshed(b, eligible, now)
         self._changed()
 
     def set_drained(self, b: Backend, drained: bool) -> None:
@@ -174,13 +181,19 @@ class Service:
         breaker = b.breaker
         if breaker is None or breaker.state == CLOSED or self.panic or breaker.allow(now):
             b.selected += 1
+            if self.balance is not None:
+                self.balance.took(slot)
             return b
         self.picker.release(slot)
         self.picker.set_eligible(slot, False, now, 0.0)
+        if self.balance is not None:
+            self.balance.refused(slot)
         return None
 
     def release(self, b: Backend) -> None:
         """Give the slot back; exactly once per pick, however the exchange ended."""
+        if self.balance is not None:
+            self.balance.released(b.slot)
         if self.picker.release(b.slot) == 0 and b.removed:
             self._drop(b)
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from ..edge import htpasswd
 from ..edge.jwks import parse_jwks
-from .fieldtypes import Cidr, Duration, Positive, Report
+from .fieldtypes import Cidr, Duration, InputFile, Positive, Report
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110 5.6.2)
 # Headers lb itself decides (framing, routing, forwarding): no policy may set them.
@@ -55,7 +55,8 @@ class IpFilter:
 
 @dataclass
 class BasicAuth:
-    htpasswd: str  # bcrypt ($2y$) and SHA-crypt ($5$, $6$) lines, as `htpasswd -B` / `-2` write
+    # bcrypt ($2y$) and SHA-crypt ($5$, $6$) lines, as `htpasswd -B` / `-2` write
+    htpasswd: InputFile
     realm: str = "lb"
     # Forward the client's Authorization header to the backend (removed by default).
     forward_authorization: bool = False
@@ -100,10 +101,10 @@ class ForwardAuth:
 class Jwt:
     # Keys: exactly one of jwks_file, jwks_url (refreshed every jwks_refresh, the last good set
     # kept when a refresh fails), secret_file (HS256).
-    jwks_file: str | None = None
+    jwks_file: InputFile | None = None
     jwks_url: str | None = None
     jwks_refresh: Duration = 300.0
-    secret_file: str | None = None
+    secret_file: InputFile | None = None
     algorithms: list[Literal["RS256", "ES256", "EdDSA", "HS256"]] = field(
         default_factory=lambda: ["RS256", "ES256", "EdDSA"]
     )
@@ -125,9 +126,13 @@ class Jwt:
                     parse_jwks(f.read(), self.jwks_file)  # type: ignore[arg-type]
             except (OSError, ValueError) as exc:
                 report("jwks_file", str(exc))
-        if _file(report, "secret_file", self.secret_file) and os.path.getsize(
-            self.secret_file  # type: ignore[arg-type]
-        ) < 32:
+        if (
+            _file(report, "secret_file", self.secret_file)
+            and os.path.getsize(
+                self.secret_file  # type: ignore[arg-type]
+            )
+            < 32
+        ):
             report("secret_file", "an HS256 secret needs at least 32 bytes (RFC 7518 3.2)")
         if self.jwks_url is not None and urlsplit(self.jwks_url).scheme not in ("http", "https"):
             report("jwks_url", "expected an http:// or https:// URL")
@@ -159,7 +164,7 @@ class ClientAuth:
     # mTLS: `require` refuses the handshake without a certificate the CA bundle verifies;
     # `request` asks for one and forwards what was verified.
     mode: Literal["require", "request"]
-    ca: str  # PEM bundle of the CAs client certificates must chain to
+    ca: InputFile  # PEM bundle of the CAs client certificates must chain to
     # The verified subject and SANs, forwarded to backends in this header (and matchable
     # in routes like any header); a client-sent header of that name is removed.
     forward_header: str | None = "x-client-cert"

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from typing import Annotated
 
 from ..proxy.grpc import parse_code
-from .schema import Check, Unit
+from .schema import Check, ReadsFile, Unit
 from .units import parse_duration, parse_rate, parse_size
 
 Report = Callable[[str, str], None]
 
+# A file lb reads (certificates, keys, htpasswd, JWKS): a change to it alone reloads.
+InputFile = Annotated[str, ReadsFile]
 Duration = Annotated[float, Unit(parse_duration, numbers_ok=True)]
 Size = Annotated[int, Unit(parse_size)]
 Rate = Annotated[tuple[float, float], Unit(parse_rate)]

@@ -19,6 +19,7 @@ from .fieldtypes import (
     ConnectionWindow,
     Duration,
     FrameSize,
+    InputFile,
     NonNegative,
     Positive,
     Rate,
@@ -32,8 +33,8 @@ from .schema import OneOrMany, marks
 
 @dataclass
 class Certificate:
-    cert: str
-    key: str
+    cert: InputFile
+    key: InputFile
 
     def check(self, report: Report) -> None:
         for name in ("cert", "key"):

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError, Mark, Problem
+from .inputs import digest_of, input_files
 from .model import Config
 from .schema import Builder, mark_of, marks
 
@@ -21,6 +22,7 @@ class Loaded:
     files: tuple[str, ...]
     digest: str  # sha256 of the files' bytes: the config "hash" shown to operators
     warnings: tuple[Problem, ...]
+    inputs: tuple[str, ...] = ()  # the files it names for lb to read (lb/config/inputs.py)
 
 
 def config_files(path: str) -> list[str]:
@@ -73,7 +75,9 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> Loaded:
     if errors or config is None:
         raise ConfigError(errors or b.problems)
     warnings = tuple(p for p in b.problems if p.severity == "warning")
-    return Loaded(config, tuple(files), digest.hexdigest(), warnings)
+    inputs = input_files(config)
+    digest.update(digest_of(inputs))
+    return Loaded(config, tuple(files), digest.hexdigest(), warnings, inputs)
 
 
 def _loader(name: str) -> type[yaml.SafeLoader]:
@@ -157,6 +161,15 @@ def _cross_check(b: Builder, c: Config) -> None:
         for j, t in enumerate(r.split or []):
             if t is not None:
                 known(t.service, t, "service", f"routes[{i}].split[{j}].service")
+        if r.mirror is not None:
+            known(r.mirror.service, r.mirror, "service", f"routes[{i}].mirror.service")
+            shadow = c.services.get(r.mirror.service)
+            if shadow is not None and shadow.protocol != "http1":
+                b.error(
+                    marks(r.mirror)["service"],
+                    f"routes[{i}].mirror.service",
+                    "copies go out over HTTP/1.1: the shadow service needs protocol: http1",
+                )
         uses_redis = r.rate_limit is not None and r.rate_limit.backend == "redis"
         if uses_redis and c.redis is None:
             b.error(

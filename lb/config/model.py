@@ -9,11 +9,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from .balance_model import Affinity, Balance
 from .edge_model import BasicAuth, ClientInFlight, ForwardAuth, IpFilter, Jwt
 from .fieldtypes import (
     Address,
     Duration,
     GrpcStatus,
+    InputFile,
     NonNegative,
     Percent,
     Positive,
@@ -35,6 +37,7 @@ from .listener_model import (  # noqa: F401 (re-exported: model.Certificate and 
     RateLimit,
 )
 from .schema import Check, OneOrMany, marks
+from .shape_model import Compress, Mirror
 
 
 # -- control plane -----------------------------------------------------------------------------
@@ -68,9 +71,9 @@ class Consul:
         default_factory=lambda: os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500")
     )
     token: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
+    ca_file: InputFile | None = None
+    cert_file: InputFile | None = None
+    key_file: InputFile | None = None
     consistency: Literal["default", "stale", "consistent"] = "default"
     wait: Duration = 300.0
     auto: bool = False
@@ -132,7 +135,7 @@ class Pool:
 
 @dataclass
 class UpstreamTls:
-    ca: str | None = None  # None: system trust store
+    ca: InputFile | None = None  # None: system trust store
     sni: str | None = None
     verify: bool = True
 
@@ -212,30 +215,11 @@ class OutlierDetection:
 
 
 @dataclass
-class Balance:
-    # least_connections: the fewest requests in flight per weight. least_latency: Peak EWMA
-    # (Finagle, Linkerd): the lowest RTT estimate x (in flight + 1) / weight of two random
-    # backends; `decay` is the moving average's time constant (Finagle's 10 s), `penalty` the
-    # RTT that a 429, a 503 or a failed attempt counts as.
-    mode: Literal["least_connections", "least_latency"] = "least_connections"
-    decay: Duration = 10.0
-    penalty: Duration = 1.0
-
-    def check(self, report: Report) -> None:
-        for name in ("decay", "penalty"):
-            if self.mode != "least_latency" and name in marks(self):
-                report(name, f"{name} applies to mode: least_latency")
-            elif getattr(self, name) <= 0:
-                report(name, "expected a positive duration")
-
-
-@dataclass
 class Service:
     discovery: Literal["static", "consul"] = "static"
     backends: list[BackendSpec] = field(default_factory=list)
     consul: ConsulService | None = None
     slow_start: Duration = 0.0
-    balance: Balance = field(default_factory=Balance)
     timeouts: ServiceTimeouts = field(default_factory=ServiceTimeouts)
     pool: Pool = field(default_factory=Pool)
     tls: UpstreamTls | None = None
@@ -250,6 +234,9 @@ class Service:
     # How lb speaks to the backends of an HTTP listener's routes: HTTP/1.1 (a keep-alive pool)
     # or HTTP/2 (h2c by prior knowledge, or ALPN h2 with tls; streams multiplexed on a pool).
     protocol: Literal["http1", "h2"] = "http1"
+    # which backend a request goes to (lb/config/balance_model.py)
+    balance: Balance = field(default_factory=Balance)
+    affinity: Affinity | None = None
 
     def check(self, report: Report) -> None:
         if self.protocol == "h2":
@@ -420,11 +407,16 @@ class Route:
     jwt: Jwt | None = None
     forward_auth: ForwardAuth | None = None
     client_in_flight: ClientInFlight | None = None
+    compress: Compress | None = None  # lb/config/shape_model.py
+    mirror: Mirror | None = None
 
     def check(self, report: Report) -> None:
         actions = [a for a in ("service", "split", "redirect", "respond") if getattr(self, a)]
         if len(actions) != 1:
             report("", "a route needs exactly one action: service, split, redirect or respond")
+        for name in ("compress", "mirror"):
+            if getattr(self, name) is not None and not (self.service or self.split):
+                report(name, f"{name} applies to routes that forward (service or split)")
         if self.split is not None and sum(t.weight for t in self.split) == 0:
             report("split", "the split's weights add up to 0")
         if self.sticky is not None and self.split is None:

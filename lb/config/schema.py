@@ -40,6 +40,12 @@ class OneOrMany:
     """Marker: a list field that also accepts a single scalar."""
 
 
+class ReadsFile:
+    """Marker: a path to a file lb reads when it applies the config (a certificate, a key, an
+    htpasswd or JWKS file). Its bytes are part of the config's digest and the watcher polls it
+    like a config file, so replacing it alone reloads (lb/config/inputs.py)."""
+
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _resolver = yaml.resolver.Resolver()
 

@@ -1,8 +1,9 @@
-"""Reload when the config on disk changes: a cheap stat poll of every config file.
+"""Reload when the config on disk changes: a cheap stat poll of every config file, and of
+every file the running config names for lb to read (certificates, htpasswd, JWKS).
 
-Polling (size, mtime, inode) catches edits, atomic renames (the way editors and
-Kubernetes ConfigMaps replace files) and files added to a config directory, with nothing
-beyond the standard library. A burst of writes settles before the reload runs.
+Polling (size, mtime, inode) catches edits, atomic renames (the way editors, Kubernetes
+ConfigMaps and certificate renewers replace files) and files added to a config directory, with
+nothing beyond the standard library. A burst of writes settles before the reload runs.
 """
 
 import asyncio
@@ -14,9 +15,9 @@ from .load import config_files
 Signature = tuple[tuple[str, int, int, int], ...]
 
 
-def signature(path: str) -> Signature:
+def signature(path: str, inputs: tuple[str, ...] = ()) -> Signature:
     out = []
-    for name in config_files(path):
+    for name in [*config_files(path), *inputs]:
         try:
             st = os.stat(name)
         except OSError:
@@ -50,6 +51,8 @@ class ConfigWatcher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            if signature(self.server.config_path) != self.server.config_signature:
+            server = self.server
+            now = signature(server.config_path, server.runtime.loaded.inputs)
+            if now != server.config_signature:
                 await asyncio.sleep(self.settle)  # let a burst of writes finish
                 await self.server.reload()

@@ -4,9 +4,11 @@ bcrypt and SHA-crypt are slow on purpose, so no verification runs on the event l
 `Verifier` (a few threads, shared by every route; bcrypt releases the GIL) checks them, and
 admits at most `MAX_PENDING` at a time (running or queued): beyond that a request is answered
 503 at once, so that a flood of wrong passwords costs the loop little and cannot queue other
-clients behind it. A successful verification is remembered for `cache` seconds, keyed on a
-SHA-256 of the Authorization header (the cache holds no password), so that a client sending
-the same credentials again costs a dict lookup. Wrong passwords are not remembered.
+clients behind it. A successful verification is remembered for `cache` seconds, keyed on
+`hash()` of the Authorization header: SipHash under this process's secret key, 64 bits, so the
+cache holds no password and a header that is not the one verified passes with odds of about
+one in 2^64 / (credentials cached). A client sending the same credentials again costs a dict
+lookup. Wrong passwords are not remembered.
 
 Refused: 401 with `WWW-Authenticate: Basic realm="..."`, counted as `denied`; verifications
 all busy: 503 with `Retry-After: 1`, counted as `overloaded`.
@@ -16,13 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from time import monotonic
 from typing import TYPE_CHECKING
 
 from ..config.edge_model import BasicAuth
-from ..proxy.headers import lower_name
 from . import htpasswd
 from .chain import Refusal, Verdict, without
 
@@ -71,10 +71,10 @@ class Verifier:
 class BasicAuthPolicy:
     """One route's basic auth: its users, and the credentials it verified lately."""
 
-    name = "basic_auth"
-    __slots__ = ("cache", "challenge", "strip", "ttl", "users", "verifier")
+    __slots__ = ("cache", "challenge", "name", "strip", "ttl", "users", "verifier")
 
     def __init__(self, cfg: BasicAuth, users: dict[bytes, str], verifier: Verifier) -> None:
+        self.name = "basic_auth"
         self.users = users
         self.verifier = verifier
         self.ttl = float(cfg.cache)
@@ -85,17 +85,13 @@ class BasicAuthPolicy:
             b"401 Unauthorized\n",
             [(b"www-authenticate", f'Basic realm="{realm}"'.encode())],
         )
-        self.cache: dict[bytes, float] = {}  # SHA-256 of the header -> when it expires
+        self.cache: dict[int, float] = {}  # hash() of the header -> when it expires
 
     def check(self, ex: Exchange) -> Verdict:
-        value = None
-        for name, v in ex.info.forward:
-            if len(name) == 13 and lower_name(name) == AUTHORIZATION:
-                value = v
-                break
+        value = ex.info.authorization
         if value is None:
             return self.challenge
-        key = hashlib.sha256(value).digest()
+        key = hash(value)
         expires = self.cache.get(key)
         if expires is not None:
             if expires > ex.t0:
@@ -113,7 +109,7 @@ class BasicAuthPolicy:
         return self._settle(ex, fut, key, hashed is not None)
 
     async def _settle(
-        self, ex: Exchange, fut: asyncio.Future[bool], key: bytes, known: bool
+        self, ex: Exchange, fut: asyncio.Future[bool], key: int, known: bool
     ) -> Refusal | None:
         if not await fut or not known:
             return self.challenge
@@ -127,7 +123,9 @@ class BasicAuthPolicy:
 
     def _admit(self, ex: Exchange) -> None:
         if self.strip:
-            ex.info.forward = without(ex.info.forward, _STRIP)
+            info = ex.info
+            info.forward = without(info.forward, _STRIP)
+            info.authorization = None
 
 
 def _credentials(value: bytes) -> tuple[bytes, bytes] | None:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..proxy import responses
 from ..proxy.downstream import _route_host
 from ..proxy.exchange import DONE
-from ..proxy.headers import lower_name
+from ..proxy.headers import RequestInfo, lower_name
 from .metrics import Decisions
 
 if TYPE_CHECKING:
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("lb.edge")
 
 Headers = list[tuple[bytes, bytes]]
+AUTHORIZATION = b"authorization"
+COOKIE = b"cookie"
+_NOTED = frozenset({AUTHORIZATION, COOKIE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +71,15 @@ class Policy(Protocol):
     def check(self, ex: Exchange) -> Verdict: ...
 
 
-@dataclass(frozen=True, slots=True)
 class Step:
-    policy: Policy
-    decisions: Decisions
-    reroute: bool = False  # look the route up again once this policy has admitted
+    """One policy of a chain, with its decision counters on the chain's route."""
+
+    __slots__ = ("decisions", "policy", "reroute")
+
+    def __init__(self, policy: Policy, decisions: Decisions, reroute: bool = False) -> None:
+        self.policy = policy
+        self.decisions = decisions
+        self.reroute = reroute  # look the route up again once this policy has admitted
 
 
 class Chain:
@@ -174,5 +181,19 @@ def vouch(ex: Exchange, strip: frozenset[bytes], headers: Headers) -> None:
         forward = without(info.forward, strip)
         forward.extend(headers)
         info.forward = forward
+        if not strip.isdisjoint(_NOTED):
+            _note(info)
     elif headers:
         info.forward = [*info.forward, *headers]
+
+
+def _note(info: RequestInfo) -> None:
+    """The head's noted credentials (lb/proxy/headers.py) after `forward` changed."""
+    info.authorization = info.cookie = None
+    for name, value in info.forward:
+        low = lower_name(name)
+        if low == AUTHORIZATION:
+            if info.authorization is None:
+                info.authorization = value
+        elif low == COOKIE:
+            info.cookie = value if info.cookie is None else info.cookie + b"; " + value

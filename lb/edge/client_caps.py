@@ -13,8 +13,11 @@ finishes, whatever ended it (the response, the client leaving, the backend faili
 `max_keys` keys in flight, new keys share one overflow slot, capped at `max` as a whole, as
 the rate limiter treats a flood of distinct keys.
 
-Both count in this process only: with `lb run --workers N`, each worker applies the cap to the
-connections and requests it serves.
+With `lb run --workers N` both count across the workers, in the shared segment's counts per
+client (lb/shm.py, `ClientCounts`): a worker first counts a client there, keeps the row it got
+while it holds any of that client's connections or requests, and counts in that row only from
+then on (one compare-and-swap each way). A client that finds no free row there (the table holds
+65,536 clients at once) is counted in its worker alone, as in a single process.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from ..config.edge_model import ClientInFlight
+from ..shm import shared_client_counts
 
 if TYPE_CHECKING:
+    from .._shm import ClientCounts
     from ..proxy.exchange import Exchange
     from ..traffic.admission import Key
 
@@ -36,29 +41,61 @@ class ConnectionCaps:
     has a cap (a changed cap applies to the counts as they are); a listener that gains the cap
     on a reload counts only the connections it accepts from then on."""
 
-    __slots__ = ("_refused", "counts", "limit", "refused")
+    __slots__ = ("_refused", "counts", "limit", "listener", "refused", "rows", "shared")
 
     def __init__(self, listener: str, limit: int, refused: CountsRegistry) -> None:
+        self.listener = listener
         self.limit = limit
-        self.counts: dict[bytes, int] = {}
+        self.counts: dict[bytes, int] = {}  # this process's connections per client
         self.refused = refused  # runtime.counters["client_connections_refused"]
         self._refused = (listener, "max_connections_per_client")
+        self.shared: ClientCounts | None = shared_client_counts()
+        self.rows: dict[bytes, int] = {}  # client -> its shared row, while counted there
 
     def enter(self, ip: bytes) -> bool:
         counts = self.counts
         n = counts.get(ip, 0)
+        shared = self.shared
+        if shared is not None:
+            if n == 0:
+                row = shared.enter(hash((self.listener, ip)), self.limit)
+                if row >= 0:
+                    self.rows[ip] = row
+                    counts[ip] = 1
+                    return True
+                if row == -1:
+                    return self._refuse()
+                # no free row: counted here alone
+            else:
+                row = self.rows.get(ip, -2)
+                if row >= 0:
+                    if not shared.enter_row(row, self.limit):
+                        return self._refuse()
+                    counts[ip] = n + 1
+                    return True
         if n >= self.limit:
-            self.refused[self._refused] += 1
-            return False
+            return self._refuse()
         counts[ip] = n + 1
         return True
+
+    def _refuse(self) -> bool:
+        self.refused[self._refused] += 1
+        return False
 
     def leave(self, ip: bytes) -> None:
         counts = self.counts
         n = counts.get(ip, 0)
+        if not n:
+            return
+        if self.shared is not None:
+            row = self.rows.get(ip, -2)
+            if row >= 0:
+                self.shared.leave(row)
+                if n == 1:
+                    del self.rows[ip]
         if n > 1:
             counts[ip] = n - 1
-        elif n:
+        else:
             del counts[ip]
 
 
@@ -77,15 +114,18 @@ def connection_caps(
 class Slot:
     """One key's requests in flight on one route; what an admitted exchange holds."""
 
-    __slots__ = ("count", "key", "table")
+    __slots__ = ("count", "key", "row", "table")
 
     def __init__(self, table: InFlight, key: Hashable | None) -> None:
         self.table = table
         self.key = key  # None: the overflow slot, never dropped
-        self.count = 0
+        self.count = 0  # in this process
+        self.row = -2  # the key's shared row while counted there (workers), else < 0
 
     def leave(self, ex: Exchange) -> None:
         self.count -= 1
+        if self.row >= 0:
+            self.table.shared.leave(self.row)  # type: ignore[union-attr]
         if self.count == 0 and self.key is not None:
             del self.table.slots[self.key]
 
@@ -94,13 +134,17 @@ class InFlight:
     """One route's `client_in_flight`. `max`, `status` and `max_keys` may change in place on
     a reload; the key spec may not (the controller builds a new table then)."""
 
-    __slots__ = ("key", "key_parts", "max", "max_keys", "overflow", "slots", "status")
+    __slots__ = (
+        "key", "key_parts", "max", "max_keys", "overflow", "route", "shared", "slots", "status",
+    )  # fmt: skip
 
-    def __init__(self, cfg: ClientInFlight, key: Key) -> None:
+    def __init__(self, route: str, cfg: ClientInFlight, key: Key) -> None:
+        self.route = route
         self.key = key
         self.key_parts = tuple(cfg.key)
         self.slots: dict[Hashable, Slot] = {}
         self.overflow = Slot(self, None)
+        self.shared: ClientCounts | None = shared_client_counts()
         self.configure(cfg)
 
     def configure(self, cfg: ClientInFlight) -> None:
@@ -116,11 +160,29 @@ class InFlight:
         """The slot the exchange now holds, or None when its key is at the cap."""
         key = self.key.of(ex)
         slot = self.slots.get(key)
+        shared = self.shared
         if slot is None:
-            if len(self.slots) < self.max_keys:
-                slot = self.slots[key] = Slot(self, key)
-            else:
+            if len(self.slots) >= self.max_keys:
                 slot = self.overflow
+            else:
+                slot = Slot(self, key)
+                if shared is not None:
+                    # The key's first request in this process: counted across the workers,
+                    # or here alone when the shared table has no free row for it.
+                    row = shared.enter(hash((self.route, key)), self.max)
+                    if row == -1:
+                        return None
+                    if row >= 0:
+                        slot.row = row
+                        slot.count = 1
+                        self.slots[key] = slot
+                        return slot
+                self.slots[key] = slot
+        elif slot.row >= 0:
+            if not shared.enter_row(slot.row, self.max):  # type: ignore[union-attr]
+                return None
+            slot.count += 1
+            return slot
         if slot.count >= self.max:
             return None
         slot.count += 1

@@ -143,7 +143,7 @@ class Edge:
         if old is not None and old.key_parts == tuple(cfg.key):
             old.configure(cfg)
             return old
-        return InFlight(cfg, key_function(cfg.key, self.trusted))
+        return InFlight(route, cfg, key_function(cfg.key, self.trusted))
 
     def _basic(
         self, route: str, cfg: BasicAuth, made: dict[str, tuple[BasicAuth, bytes, BasicAuthPolicy]]

@@ -6,8 +6,10 @@ for RS256 only, and so on: no algorithm confusion); `kid` picks the key, and a t
 one is tried against every key. `exp` and `nbf` allow `clock_skew`; `iss` must equal `issuer`
 and `aud` name one of `audiences`, when set.
 
-A verified token is remembered until it expires (at most CACHE_TTL), keyed on the token
-itself, until the keys change: a repeated token costs a dict lookup. RS256/ES256/EdDSA
+A verified token is remembered until it expires (at most CACHE_TTL), until the keys change,
+keyed on the header value that carried it (the Authorization value, or the whole Cookie
+header) and on the token itself: a client sending the same header again costs a dict lookup,
+and one whose other cookies changed a cookie parse more. RS256/ES256/EdDSA
 verification (tens of microseconds) runs on the loop; nothing here blocks.
 
 Admitted: the headers named in `claims_to_headers` are first removed from the request (a
@@ -30,7 +32,6 @@ import jwt
 from jwt import exceptions as E
 
 from ..config.edge_model import Jwt
-from ..proxy.headers import lower_name
 from .chain import Refusal, Verdict, vouch
 from .jwks import JwksUrl, KeySet, StaticKeys
 
@@ -41,7 +42,6 @@ CACHE_TTL = 300.0  # seconds a verified token is remembered at most
 CACHE_MAX = 10_000  # remembered tokens per policy; the oldest go first
 FIRST_KEYS_WAIT = 5.0  # a request arriving before a JWKS URL's first answer waits this long
 AUTHORIZATION = b"authorization"
-COOKIE = b"cookie"
 _UNSAFE = re.compile(rb"[\x00-\x1f\x7f]")  # kept out of header values made from claims
 _REASONS: list[tuple[type[Exception], str]] = [
     (E.ExpiredSignatureError, "the token has expired"),
@@ -63,13 +63,13 @@ class Invalid(Exception):
 
 
 class JwtPolicy:
-    name = "jwt"
     __slots__ = (
         "_cached_keys", "_refusals", "algorithms", "audiences", "cache", "claims", "cookie",
-        "issuer", "missing", "options", "realm", "skew", "source", "strip",
+        "issuer", "missing", "name", "options", "realm", "skew", "source", "strip",
     )  # fmt: skip
 
     def __init__(self, cfg: Jwt, source: KeySource) -> None:
+        self.name = "jwt"
         self.source = source
         self.algorithms = frozenset(cfg.algorithms)
         self.issuer = cfg.issuer
@@ -92,19 +92,32 @@ class JwtPolicy:
             [(b"www-authenticate", f'Bearer realm="{self.realm}"'.encode())],
         )
         self._refusals: dict[str, Refusal] = {}
-        self.cache: dict[bytes, tuple[Headers, float]] = {}  # token -> (headers, until)
+        # the carrying header's value, and the token -> (headers to vouch, until): a deadline
+        # on the loop's clock, the exchange's t0
+        self.cache: dict[bytes, tuple[Headers, float]] = {}
         self._cached_keys: KeySet | None = None
 
     def check(self, ex: Exchange) -> Verdict:
-        token = self._token(ex.info.forward)
+        info = ex.info
+        carrier = info.authorization
+        if carrier is None or carrier[:7].lower() != b"bearer ":
+            carrier = info.cookie if self.cookie is not None else None
+            if carrier is None:
+                return self.missing
+        keys = self.source.keys
+        if keys is not None and keys is self._cached_keys:
+            hit = self.cache.get(carrier)
+            if hit is not None and ex.t0 < hit[1]:
+                vouch(ex, self.strip, hit[0])
+                return None
+        token = self._token(carrier)
         if token is None:
             return self.missing
-        keys = self.source.keys
         if keys is None:
-            return self._when_keys(ex, token)
-        return self._decide(ex, token, keys)
+            return self._when_keys(ex, token, carrier)
+        return self._decide(ex, token, carrier, keys)
 
-    async def _when_keys(self, ex: Exchange, token: bytes) -> Refusal | None:
+    async def _when_keys(self, ex: Exchange, token: bytes, carrier: bytes) -> Refusal | None:
         try:
             await asyncio.wait_for(self.source.ready.wait(), FIRST_KEYS_WAIT)
         except TimeoutError:
@@ -112,34 +125,38 @@ class JwtPolicy:
         keys = self.source.keys
         if keys is None:
             return Refusal(503, b"503 Service Unavailable: no signing keys yet\n", result="error")
-        return self._decide(ex, token, keys)
+        return self._decide(ex, token, carrier, keys)
 
-    def _decide(self, ex: Exchange, token: bytes, keys: KeySet) -> Refusal | None:
+    def _decide(self, ex: Exchange, token: bytes, carrier: bytes, keys: KeySet) -> Refusal | None:
         cache = self.cache
         if keys is not self._cached_keys:
             cache.clear()  # rotated: a token of a removed key must not pass on memory
             self._cached_keys = keys
-        now = time.time()  # exp and nbf are wall-clock times
+        t0 = ex.t0
         hit = cache.get(token)
-        if hit is not None:
-            if now < hit[1]:
-                vouch(ex, self.strip, hit[0])
-                return None
-            del cache[token]
-        try:
-            claims = self._verify(token, keys)
-        except Invalid as exc:
-            return self._invalid(str(exc))
-        headers = [(h, v) for name, h in self.claims if (v := _claim(claims, name)) is not None]
-        exp = claims.get("exp")
-        until = now + CACHE_TTL
-        if isinstance(exp, int | float):
-            until = min(until, exp + self.skew)
-        if len(cache) >= CACHE_MAX:
-            del cache[next(iter(cache))]  # the oldest entry: dicts keep insertion order
-        cache[token] = (headers, until)
-        vouch(ex, self.strip, headers)
+        if hit is None or t0 >= hit[1]:
+            cache.pop(token, None)
+            try:
+                claims = self._verify(token, keys)
+            except Invalid as exc:
+                return self._invalid(str(exc))
+            headers = [(h, v) for name, h in self.claims if (v := _claim(claims, name)) is not None]
+            exp = claims.get("exp")
+            ttl = CACHE_TTL
+            if isinstance(exp, int | float):
+                ttl = min(ttl, exp + self.skew - time.time())  # exp is a wall-clock time
+            hit = (headers, t0 + ttl)
+            self._remember(token, hit)
+        if carrier != token:
+            self._remember(carrier, hit)
+        vouch(ex, self.strip, hit[0])
         return None
+
+    def _remember(self, key: bytes, entry: tuple[Headers, float]) -> None:
+        cache = self.cache
+        if key not in cache and len(cache) >= CACHE_MAX:
+            del cache[next(iter(cache))]  # the oldest entry: dicts keep insertion order
+        cache[key] = entry
 
     def _verify(self, token: bytes, keys: KeySet) -> dict[str, object]:
         try:
@@ -187,23 +204,16 @@ class JwtPolicy:
             )
         return refusal
 
-    def _token(self, headers: Headers) -> bytes | None:
-        cookies: list[bytes] = []
-        for name, value in headers:
-            n = len(name)
-            if n == 13 and lower_name(name) == AUTHORIZATION:
-                scheme, _, token = value.strip().partition(b" ")
-                if scheme.lower() == b"bearer" and token.strip():
-                    return token.strip()
-            elif n == 6 and self.cookie is not None and lower_name(name) == COOKIE:
-                cookies.append(value)
+    def _token(self, carrier: bytes) -> bytes | None:
+        """The token in a `Bearer` Authorization value, or in the Cookie header."""
+        if carrier[:7].lower() == b"bearer ":
+            return carrier[7:].strip() or None
         prefix = self.cookie
-        if prefix is not None:
-            for value in cookies:
-                for part in value.split(b";"):
-                    part = part.strip()
-                    if part.startswith(prefix) and len(part) > len(prefix):
-                        return part[len(prefix) :]
+        assert prefix is not None  # check() passes a Cookie header only with `cookie` set
+        for part in carrier.split(b";"):
+            part = part.strip()
+            if part.startswith(prefix) and len(part) > len(prefix):
+                return part[len(prefix) :]
         return None
 
 

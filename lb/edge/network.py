@@ -54,10 +54,10 @@ class IpFilterPolicy:
 class ClientInFlightPolicy:
     """One route's `client_in_flight`."""
 
-    name = "client_in_flight"
-    __slots__ = ("in_flight",)
+    __slots__ = ("in_flight", "name")
 
     def __init__(self, in_flight: InFlight) -> None:
+        self.name = "client_in_flight"
         self.in_flight = in_flight
 
     def check(self, ex: Exchange) -> Verdict:

@@ -24,6 +24,7 @@ cdef class Exchange:
     cdef public object early
     cdef public bint req_done
     cdef public object trailers
+    cdef public object mirror
     # its body: buffered for a connection or a retry, and how much of it went out
     cdef public list body_buf
     cdef public Py_ssize_t body_bytes
@@ -43,15 +44,17 @@ cdef class Exchange:
     cdef public long retries
     cdef public long retry_slots
     cdef public long redispatches
+    cdef public object set_cookie
     # the attempt under way
     cdef public Upstream upstream
-    cdef public bint _paused_upstream
+    cdef public long _paused_upstream
     cdef public double t_upstream
     # the response, as the client side was given it
     cdef public long status
     cdef public Py_ssize_t resp_bytes
     cdef public bint response_started
     cdef public bint response_done
+    cdef public object encoder
     # the phase machine and the outcome
     cdef public long phase
     cdef public double t0
@@ -74,6 +77,9 @@ cdef class Exchange:
     cpdef response_end(self, trailers)
     cpdef double idle_timeout(self) except? -1.0
     cpdef response_finished(self, Upstream conn)
+    cpdef delivered(self)
+    cpdef hold_upstream(self, long reason)
+    cpdef release_upstream(self, long reason)
     cpdef reply(self, long status, object body=*, object headers=*, object content_type=*)
     cpdef reply_error(self, long status, object headers=*)
     cpdef connected(self, Upstream conn, b)

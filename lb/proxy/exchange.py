@@ -21,14 +21,17 @@ from . import failures as F
 from . import responses, route_answers
 from . import upstream as _upstream  # a module import: compiled, upstream cimports Exchange
 from .failures import Failure
-from .flow import PAUSE_BUFFER, PAUSE_UPSTREAM
+from .flow import HOLD_CLIENT, PAUSE_BUFFER, PAUSE_UPSTREAM
 from .headers import RequestInfo, ResponseInfo
+from .phases import ADMITTED, CONNECTING, DONE, HEAD, SENT, STREAMING, TUNNEL
+from .retry_later import retry_later
 
 if TYPE_CHECKING:
+    from ..compress.encoder import Encoder
     from ..hooks import Gate, Holder
+    from ..mirror.copy import MirrorCopy
     from .side import Downstream, Upstream
 
-HEAD, ADMITTED, CONNECTING, SENT, STREAMING, TUNNEL, DONE = range(7)
 REPLAY_LIMIT = 64 * 1024  # request bytes kept for a retry; beyond this, no retry
 BUFFER_LIMIT = 256 * 1024  # body bytes held while connecting before the client is paused
 log = logging.getLogger("lb.proxy")
@@ -40,11 +43,12 @@ class Exchange:
     # fmt: off
     __slots__ = (
         "_paused_upstream", "attempts", "backend", "body_buf", "body_bytes", "body_sent", "client",
-        "early", "failure", "gate", "guard", "http10", "info", "keep_alive", "last_backend",
-        "method", "path", "phase", "query", "redispatches", "refused_by", "replayable", "req_done",
+        "early", "encoder", "failure", "gate", "guard", "http10", "info", "keep_alive",
+        "last_backend", "method", "mirror", "path", "phase", "query", "redispatches", "refused_by",
+        "replayable", "req_done",
         "resp_bytes", "response_done", "response_started", "retries", "retry_slots", "route",
-        "service", "status", "t0", "t_upstream", "target", "trailers", "tried", "upgrade",
-        "upstream", "upstream_name",
+        "service", "set_cookie", "status", "t0", "t_upstream", "target", "trailers", "tried",
+        "upgrade", "upstream", "upstream_name",
     )
     # fmt: on
 
@@ -96,11 +100,14 @@ class Exchange:
         self.redispatches = 0  # refused connections moved on without using up an attempt
         self.trailers: list[tuple[bytes, bytes]] | None = None  # once the request is complete
         self.tried: list[Backend] | None = None  # backends that failed it, once one has
-        self._paused_upstream = False
+        self._paused_upstream = 0  # why the backend is not read: flow.HOLD_* bits
+        self.encoder: Encoder | None = None  # compressing the response (Route.compress)
+        self.mirror: MirrorCopy | None = None  # copying the request (Route.mirror)
         self.gate: Gate | None = None
         self.guard: Holder | None = None  # an edge policy holding a slot, left in _finish
         self.refused_by: str | None = None  # the edge policy that answered it, if one did
         self.last_backend: Backend | None = None
+        self.set_cookie: tuple[bytes, bytes] | None = None  # affinity (lb/balancer/affinity.py)
 
     # -- starting -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,6 +148,8 @@ class Exchange:
             self.reply_error(503)
             return
         self.service = service
+        if route.mirror is not None:
+            route.mirror.copy(self)  # a copy to the shadow, or not; may set self.mirror
         gate = service.gate
         if gate is not None:
             # Caps and the service breaker: the gate answers 503 itself, or swaps in the
@@ -156,9 +165,10 @@ class Exchange:
         now = self.client.loop.time()
         b = None
         tried = self.tried
-        if tried is None:
-            # The common case inline; a backend whose breaker is not closed goes through
-            # Service.pick, which enforces half-open probe quotas.
+        if service.balance is not None:  # consistent hashing, affinity (lb/balancer/balance.py)
+            b = service.balance.pick(self, now, tried)
+        elif tried is None:
+            # The common case inline; a breaker not closed: Service.admit's half-open quotas.
             slot = service.picker.pick(now, service.panic)
             if slot >= 0:
                 b = service.by_slot[slot]
@@ -264,11 +274,9 @@ class Exchange:
 
     def _await_response_head(self, conn: Upstream) -> None:
         route = self.route
-        timeout = (
-            route.response_head_timeout
-            if route and route.response_head_timeout
-            else self.service.head_timeout
-        )
+        timeout = self.service.head_timeout
+        if route is not None and route.response_head_timeout:
+            timeout = route.response_head_timeout
         if route is not None and route.retry is not None and route.retry.per_try_timeout:
             timeout = min(timeout, route.retry.per_try_timeout)  # each attempt its own wait
         conn.deadline.set(timeout, "response-head")
@@ -278,6 +286,8 @@ class Exchange:
         """A body chunk from the client: to the backend if connected, else buffered (while
         connecting, or while queued behind an earlier pipelined request)."""
         self.body_bytes += len(chunk)
+        if self.mirror is not None:
+            self.mirror.body(self, chunk)
         if self.phase != HEAD:
             # A queued exchange cannot answer yet; its reading is paused, which bounds it.
             limit = self.client.body_limit(self)
@@ -308,6 +318,8 @@ class Exchange:
     def request_complete(self, trailers: list[tuple[bytes, bytes]]) -> None:
         self.req_done = True
         self.trailers = trailers  # kept for a retry, which sends the body again
+        if self.mirror is not None:
+            self.mirror.end(self)
         conn = self.upstream
         if conn is not None and not conn.closed and conn.transport is not None:
             if not self.response_started:
@@ -339,40 +351,34 @@ class Exchange:
         ):
             # Retry on a status: this answer is dropped unseen, with its connection.
             self._drop_upstream()
-            self._retry_later(F.BAD_STATUS)
+            retry_later(self, F.BAD_STATUS)
             return
         self.status = status
         self.response_started = True
         fwd = info.forward
         if route is not None and route.response_rules is not None:
             fwd = route.response_rules.apply(fwd)
+        if self.set_cookie is not None:
+            fwd = [*fwd, self.set_cookie]
         self.phase = TUNNEL if status == 101 and self.upgrade else STREAMING
         length = info.content_length
+        if route is not None and route.compress is not None:
+            length = route.compress.begin(self, status, fwd, length)  # may set self.encoder
         self.client.send_head(self, status, fwd, -1 if length is None else length)
 
-    def grpc_retry(self, code: int) -> bool:
-        """A gRPC call answered trailers-only with grpc-status `code` (HTTP/2 backends call
-        this before `response_head`, nothing of the answer sent yet): True when the route
-        retries that code and the attempt is dropped for another; False: pass it on."""
-        route = self.route
-        if (
-            route is None
-            or route.retry is None
-            or not self.replayable
-            or not route.retry.allows_grpc(self, code)
-        ):
-            return False
-        self._drop_upstream()
-        self._retry_later(F.GRPC_STATUS)
-        return True
-
     def response_body(self, chunk: bytes) -> None:
+        if self.encoder is not None:
+            self.encoder.body(chunk)  # counts resp_bytes as sent, compressed
+            return
         self.resp_bytes += len(chunk)
         self.client.send_body(chunk)
 
     def response_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
         if self.phase != TUNNEL:
-            self.client.send_end(trailers)
+            if self.encoder is None:
+                self.client.send_end(trailers)
+            else:
+                self.encoder.end(trailers)
             self.response_done = True
 
     def idle_timeout(self) -> float:
@@ -387,12 +393,18 @@ class Exchange:
         assert svc is not None
         self.upstream = None
         if self._paused_upstream:  # pooled while paused, its next response would never be read
-            self._paused_upstream = False
+            self._paused_upstream = 0
             conn.resume_reading()
         if self.req_done:
             conn.release(svc.max_idle)
         else:
             conn.close()
+        if self.encoder is None or not self.encoder.waiting():
+            self.delivered()
+
+    def delivered(self) -> None:
+        """The response is all handed to the client side (after its backend's end, when an
+        encoder still compressed the last of it off the loop)."""
         self._finish(True)
         self.client.exchange_done(self, not self.req_done)
 
@@ -460,9 +472,8 @@ class Exchange:
             and self.method in F.IDEMPOTENT
             and self.attempts - self.retries == 1
         ):
-            # A pooled connection that closed as we reused it, before any answer: the backend
-            # closed it idle, or died. Once, not counted against it, and elsewhere: if it died,
-            # going back to it would fail again.
+            # A pooled connection closed as we reused it, before any answer (idle, or the backend
+            # died): once, not counted against it, and elsewhere, in case it died.
             self.dispatch()
             return
         if failure is F.REFUSED_STREAM and can_replay and self.redispatches < F.REDISPATCH_REFUSED:
@@ -474,7 +485,7 @@ class Exchange:
             self.client.listener.runtime.record_failure(svc, b, failure)
         retry = self.route.retry if self.route is not None else None
         if retry is not None and can_replay and retry.allows(self, failure):
-            self._retry_later(failure)
+            retry_later(self, failure)
             return
         self.failure = failure
         self.reply_error(failure.status)
@@ -485,27 +496,6 @@ class Exchange:
             return
         self.failure = F.NO_DESCRIPTORS
         self.reply_error(503)  # _finish gives the picker slot back
-
-    def _retry_later(self, failure: Failure) -> None:
-        route = self.route
-        assert route is not None and route.retry is not None
-        b = self.backend
-        if b is not None:  # a retried status: the backend answered
-            self._give_back(b)
-            self.client.listener.runtime.record_failure(self.service, b, failure)
-        self.retries += 1
-        self.phase = CONNECTING
-        if failure.retry == F.CONNECT:
-            self.dispatch()  # it never reached the backend: no need to wait
-            return
-        self.client.loop.call_later(route.retry.backoff(self.retries), self._retry)
-
-    def _retry(self) -> None:
-        if self.phase != DONE:
-            try:
-                self.dispatch()
-            except Exception:
-                self._internal_error()
 
     def _internal_error(self) -> None:
         """A bug in lb where no protocol callback guards (a task, a timer): log, answer."""
@@ -553,16 +543,25 @@ class Exchange:
         self.client.resume_reading(PAUSE_UPSTREAM)
 
     def client_paused(self) -> None:
-        conn = self.upstream
-        if conn is not None and not self._paused_upstream:
-            self._paused_upstream = True
-            conn.pause_reading()
+        self.hold_upstream(HOLD_CLIENT)
 
     def client_resumed(self) -> None:
+        self.release_upstream(HOLD_CLIENT)
+
+    def hold_upstream(self, reason: int) -> None:
+        """Stop reading the backend until every reason (flow.HOLD_*) is released."""
         conn = self.upstream
-        if self._paused_upstream and conn is not None:
-            self._paused_upstream = False
-            conn.resume_reading()
+        if conn is not None:
+            if not self._paused_upstream:
+                conn.pause_reading()
+            self._paused_upstream |= reason
+
+    def release_upstream(self, reason: int) -> None:
+        if self._paused_upstream & reason:
+            self._paused_upstream &= ~reason
+            conn = self.upstream
+            if not self._paused_upstream and conn is not None:
+                conn.resume_reading()
 
     # -- endings --------------------------------------------------------------------------------
     def reply(

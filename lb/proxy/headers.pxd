@@ -12,6 +12,8 @@ cdef class RequestInfo:
     cdef public bint expect_continue
     cdef public object request_id
     cdef public object xff
+    cdef public object authorization
+    cdef public object cookie
     cdef public list forward
 
 
@@ -38,6 +40,7 @@ cdef list _LENGTH_LINES
 
 cdef dict _LOWER
 cdef frozenset HOP_BY_HOP
+cdef frozenset CREDENTIALS
 cdef frozenset _SPECIAL
 cdef bytes _REQUEST_FILTER
 cdef bytes _RESPONSE_FILTER

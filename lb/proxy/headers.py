@@ -25,7 +25,10 @@ HOP_BY_HOP = frozenset(
 OVERRIDDEN = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"host"}
 )
-_SPECIAL = HOP_BY_HOP | OVERRIDDEN | {b"expect"}
+# Forwarded as they are, and noted on the way for the edge policies (basic auth, JWT), so that
+# those do not scan the headers again.
+CREDENTIALS = frozenset({b"authorization", b"cookie"})
+_SPECIAL = HOP_BY_HOP | OVERRIDDEN | CREDENTIALS | {b"expect"}
 
 
 def _name_filter(names: frozenset[bytes]) -> bytes:
@@ -75,9 +78,11 @@ class RequestInfo:
     """What lb needs to know of a request head, found in one pass."""
 
     __slots__ = (
+        "authorization",
         "chunked",
         "connection_tokens",
         "content_length",
+        "cookie",
         "expect_continue",
         "forward",
         "host",
@@ -95,6 +100,10 @@ class RequestInfo:
         self.connection_tokens = False  # Connection named close or keep-alive
         self.request_id: bytes | None = None
         self.xff: bytes | None = None
+        # The first Authorization value and the Cookie values joined (RFC 9113 8.2.3), as
+        # forwarded: whoever removes those headers from `forward` clears these too.
+        self.authorization: bytes | None = None
+        self.cookie: bytes | None = None
         self.forward: list[tuple[bytes, bytes]] = []
 
 
@@ -155,9 +164,20 @@ def analyze_request(headers: list[tuple[bytes, bytes]]) -> RequestInfo:
                 info.request_id = value
         elif lname == b"x-forwarded-for":
             info.xff = value if info.xff is None else info.xff + b", " + value
+        elif lname == b"authorization":
+            if info.authorization is None:
+                info.authorization = value
+            forward.append(item)
+        elif lname == b"cookie":
+            info.cookie = value if info.cookie is None else info.cookie + b"; " + value
+            forward.append(item)
         # te, trailer, keep-alive, proxy-connection, x-forwarded-proto/host: dropped
     if named:
         info.forward = [h for h in forward if h[0].lower() not in named]
+        if b"authorization" in named:
+            info.authorization = None
+        if b"cookie" in named:
+            info.cookie = None
     if info.request_id is None:
         info.request_id = b"%b-%x" % (_ID_PREFIX, next(_ids))
     return info

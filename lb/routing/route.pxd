@@ -23,6 +23,8 @@ cdef class Route:
     cdef public object guard
     cdef public object limiter
     cdef public object retry
+    cdef public object compress
+    cdef public object mirror
     cdef public object redirect
     cdef public object fixed
     cdef public object stats

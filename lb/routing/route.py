@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 from ..config import model
 
 if TYPE_CHECKING:
+    from ..compress.policy import CompressPolicy
     from ..hooks import Admitter, Guard
+    from ..mirror.policy import MirrorPolicy
     from ..observe.recorder import RouteStats
     from ..traffic.gates import RouteRetry
 
@@ -155,8 +157,8 @@ class Route:
 
     # fmt: off
     __slots__ = (
-        "condition", "config", "fixed", "guard", "hosts", "idle_timeout", "limiter",
-        "max_body_size", "name", "order", "path_kind", "path_value", "redirect",
+        "compress", "condition", "config", "fixed", "guard", "hosts", "idle_timeout", "limiter",
+        "max_body_size", "mirror", "name", "order", "path_kind", "path_value", "redirect",
         "request_rules", "response_head_timeout", "response_rules", "retry", "rewrite",
         "service", "split", "stats",
     )
@@ -198,6 +200,8 @@ class Route:
         self.guard: Guard | None = None  # set by the edge policies: who may come in
         self.limiter: Admitter | None = None  # set by traffic control: rate limits
         self.retry: RouteRetry | None = None  # set by traffic control: retry policy, budget
+        self.compress: CompressPolicy | None = None  # set by lb/compress: response compression
+        self.mirror: MirrorPolicy | None = None  # set by lb/mirror: copies to a shadow service
         self.redirect = redirect
         self.fixed: tuple[int, Headers, bytes] | None = None  # `respond`: status, headers, body
         self.stats: RouteStats | None = None  # per-route counters, attached by the metrics

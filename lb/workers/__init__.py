@@ -60,6 +60,7 @@ def supervise(args: argparse.Namespace, loaded: Loaded) -> int:
     from .supervisor import Supervisor
 
     async def main() -> int:
-        return await Supervisor(args.config, loaded, count).run()
+        sup = Supervisor(args.config, loaded, count, args.upgrade_from, args.upgrade_socket)
+        return await sup.run()
 
     return run_loop(main)

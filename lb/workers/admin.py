@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from ..admin.app import refuse
+from ..proxy.accept import bind
 from .merge import Families, merge_expositions, merge_status
 
 if TYPE_CHECKING:
@@ -72,6 +74,8 @@ class SupervisorAdmin:
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         self.runner: web.AppRunner | None = None
+        self.site: web.BaseSite | None = None
+        self.sock: socket.socket | None = None
         self.session: aiohttp.ClientSession | None = None
         # The supervisor's own families: worker counts, restarts, its process's CPU and memory.
         self.registry = CollectorRegistry(auto_describe=False)
@@ -92,12 +96,24 @@ class SupervisorAdmin:
             ]
         )
 
-    async def start(self) -> None:
+    async def start(self, inherited: socket.socket | None = None) -> None:
+        """On the admin port's socket, or on the one a predecessor handed over."""
         host, port = self.sup.loaded.config.admin.bind
+        if inherited is not None and inherited.getsockname()[:2] != (host, port):
+            inherited.close()  # the new config moved the admin port
+            inherited = None
+        self.sock = inherited or bind((host, port), reuse_port=False)
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WORKER_TIMEOUT_S))
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        await web.TCPSite(self.runner, host, port, reuse_address=True).start()
+        self.site = web.SockSite(self.runner, self.sock)
+        await self.site.start()
+
+    async def stop_listening(self) -> None:
+        """A successor serves the admin port now."""
+        if self.site is not None:
+            await self.site.stop()
+            self.site = None
 
     async def stop(self) -> None:
         if self.runner is not None:

@@ -22,6 +22,7 @@ from aiohttp import web
 from ..admin.app import AdminServer
 from ..config import Loaded
 from ..shm import Segment, activate
+from ..upgrade import complete, offer_upgrades, take_over
 
 
 class PrivateAdmin(AdminServer):
@@ -70,14 +71,20 @@ async def _serve(args: Any, loaded: Loaded, segment: Segment) -> None:
     from ..server import Server
 
     loop = asyncio.get_running_loop()
-    server = Server(args.config, loaded, reuse_port=True)
+    # Worker i of a new tree takes over from worker i of the old one (lb/upgrade.py).
+    successor, inherited = await take_over(args.upgrade_from)
+    server = Server(args.config, loaded, reuse_port=True, inherited=inherited)
     server.admin_factory = PrivateAdmin
     await loop.connect_read_pipe(
         lambda: _Lifeline(server.stopping, segment), os.fdopen(args.lifeline_fd, "rb", buffering=0)
     )
     await server.start()
+    await complete(successor)
+    listener = await offer_upgrades(server, args.upgrade_socket)
+    if listener is not None:
+        server.extensions.append(listener)
     hello = {"pid": os.getpid(), "admin_port": server.admin.port, "hash": loaded.digest}
     with os.fdopen(args.control_fd, "wb", buffering=0) as control:
         control.write(json.dumps(hello).encode() + b"\n")
     await server.stopping.wait()
-    await server.shutdown()
+    await server.shutdown(server.grace())

@@ -30,6 +30,15 @@ from typing import Any
 
 from ..config import ConfigError, Loaded, load
 from ..shm import Layout, Segment
+from ..upgrade import (
+    Offer,
+    UpgradeError,
+    UpgradeListener,
+    complete,
+    notify_systemd,
+    offer_upgrades,
+    take_over,
+)
 
 log = logging.getLogger("lb.workers")
 
@@ -78,7 +87,14 @@ def describe_exit(code: int) -> str:
 
 
 class Supervisor:
-    def __init__(self, config_path: str, loaded: Loaded, count: int) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        loaded: Loaded,
+        count: int,
+        upgrade_from: str | None = None,
+        upgrade_socket: str | None = None,
+    ) -> None:
         self.config_path = config_path
         self.loaded = loaded
         self.count = count
@@ -94,6 +110,16 @@ class Supervisor:
         self._lifeline_w = -1
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        # Upgrades (lb/upgrade.py): where this tree serves them, and the old tree's workers
+        # that this tree's take over from as they first start.
+        self.upgrade_from = upgrade_from
+        self.upgrade_socket = upgrade_socket
+        self.predecessors: list[str] = []
+        self.reload_lock = asyncio.Lock()
+        # Set while a successor takes over: True once it serves, False if it gave up. A
+        # worker that leaves meanwhile is not restarted unless the upgrade is abandoned.
+        self.upgrading: asyncio.Future[bool] | None = None
+        self.taken_over = 0  # workers whose successors serve
         # Workers hash client keys with hash() for shared rate limits: one seed for all.
         self.env = dict(os.environ)
         seed = self.env.get("PYTHONHASHSEED", "random")
@@ -107,16 +133,23 @@ class Supervisor:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> int:
+        try:
+            successor, inherited = await take_over(self.upgrade_from)
+        except (OSError, UpgradeError) as exc:
+            log.error("cannot upgrade: %s", exc)
+            return 1
+        upgrades: UpgradeListener | None = None
         self.segment = Segment.create(Layout(workers=self.count))
         # Never written: its end of file tells the workers that the supervisor is gone.
         self._lifeline_r, self._lifeline_w = os.pipe()
         try:
             self._install_signals()
             try:
-                await self.admin.start()
+                await self.admin.start(inherited.admin if inherited is not None else None)
             except OSError as exc:
                 log.error("admin port %s: %s", self.loaded.config.admin.bind, exc)
                 return 1
+            self.predecessors = inherited.workers if inherited is not None else []
             log.info("supervisor %d: starting %d workers", os.getpid(), self.count)
             self._tasks = [self.loop.create_task(self._keep(w)) for w in self.workers]
             started = await self._all_started()
@@ -127,11 +160,16 @@ class Supervisor:
             self.started = True
             if started:
                 log.info("all %d workers serving", self.count)
+            await complete(successor, min(self.count, len(self.predecessors)))
+            upgrades = await offer_upgrades(self, self.upgrade_socket)
+            notify_systemd(f"MAINPID={os.getpid()}\nREADY=1")
             await self.stopping.wait()
             log.info("supervisor: draining %d workers", self.count)
             await self._stop_workers()
             return 0
         finally:
+            if upgrades is not None:
+                await upgrades.stop()
             for task in self._tasks:
                 task.cancel()
             await self.admin.stop()
@@ -180,6 +218,9 @@ class Supervisor:
             if self.stopping.is_set():
                 log.info("worker %d (pid %d) stopped: %s", w.index, w.pid, w.last_exit)
                 return
+            if self.upgrading is not None and await asyncio.shield(self.upgrading):
+                log.info("worker %d (pid %d) drained for its successor", w.index, w.pid)
+                return
             if not self.started:
                 log.error("worker %d (pid %d) exited during start: %s", w.index, w.pid, w.last_exit)
                 self.start_failed.set()
@@ -207,6 +248,11 @@ class Supervisor:
 
     async def _spawn(self, w: Worker) -> asyncio.subprocess.Process:
         assert self.segment is not None
+        upgrade: list[str] = []
+        if self.upgrade_socket:
+            upgrade += ["--upgrade-socket", self._worker_socket(w.index)]
+        if not self.started and w.index < len(self.predecessors) and w.restarts == 0:
+            upgrade += ["--upgrade-from", self.predecessors[w.index]]
         control_r, control_w = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -224,6 +270,7 @@ class Supervisor:
                 str(control_w),
                 "--lifeline-fd",
                 str(self._lifeline_r),
+                *upgrade,
                 pass_fds=(control_w, self._lifeline_r),
                 env=self.env,
             )
@@ -255,8 +302,34 @@ class Supervisor:
         await self.admin.replay_drains(w)
         w.ready.set()
 
+    def _worker_socket(self, index: int) -> str:
+        return f"{self.upgrade_socket}.w{index}"
+
+    # -- upgrades (lb/upgrade.py) -------------------------------------------------------------
+    def handover_sockets(self) -> Offer:
+        """The admin port's socket, and where the workers serve upgrades: each hands its
+        listening sockets to its successor itself."""
+        self.upgrading = self.loop.create_future()
+        workers = [self._worker_socket(w.index) for w in self.workers]
+        return [], self.admin.sock, {"workers": workers}
+
+    def handover_abandoned(self) -> None:
+        if self.upgrading is not None and not self.upgrading.done():
+            self.upgrading.set_result(False)
+        self.upgrading = None
+
+    async def handed_over(self, ready: dict[str, object]) -> None:
+        await self.admin.stop_listening()
+        taken = ready.get("workers")
+        self.taken_over = int(taken) if isinstance(taken, int) else self.count
+        if self.upgrading is not None and not self.upgrading.done():
+            self.upgrading.set_result(True)
+        self.stopping.set()
+
     async def _stop_workers(self) -> None:
-        for w in self.workers:
+        # After an upgrade, the workers with a successor drain by themselves already (a
+        # second SIGTERM would find their handlers gone and kill them): only the others.
+        for w in self.workers[self.taken_over :]:
             if w.proc is not None and w.proc.returncode is None:
                 w.status = "stopping"
                 with contextlib.suppress(ProcessLookupError):

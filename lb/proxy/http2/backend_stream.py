@@ -10,7 +10,7 @@ id, or refused locally) fails with `REFUSED_STREAM`, which the exchange moves el
 whatever the method. A gRPC request's `grpc-timeout` bounds its wait for the response (the
 route's timeouts still apply). A gRPC call answered trailers-only (HEADERS with END_STREAM:
 nothing of it has reached the client) with a grpc-status its route retries is offered to
-`Exchange.grpc_retry` before the head goes on.
+`retry_later.retry_grpc` before the head goes on.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from lb import _h2
 from .. import failures as F
 from .. import grpc
 from ..headers import analyze_response, lower_name
+from ..retry_later import retry_grpc
 from ..side import Upstream
 from ..timer import Deadline
 
@@ -243,7 +244,7 @@ class H2UpstreamStream(Upstream):
             info.content_length = 0  # a head alone (a gRPC trailers-only response)
             if self.grpc and status < 500:
                 code = grpc.status_code(regular)
-                if code > 0 and ex.grpc_retry(code):
+                if code > 0 and retry_grpc(ex, code):
                     return  # dropped unseen: the exchange tries again
         self.started = True
         self.deadline.set(ex.idle_timeout(), "idle")
