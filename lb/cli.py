@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from . import __version__
-from .config import ConfigError, load
+from .config import ConfigError
 
 
 def _loop_name() -> str:
@@ -42,12 +42,17 @@ def cmd_version(_: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .discovery.kvconfig import SourceUnavailable, load_for_check
+
     try:
-        loaded = load(args.config)
+        loaded = load_for_check(args.config, args.consul, args.prefix, args.token)
     except ConfigError as exc:
         for p in exc.problems:
             print(p)
         return 1
+    except SourceUnavailable as exc:
+        print(f"cannot read the config source: {exc}")
+        return 2
     from .routing.table import RouteTable
 
     for w in (*loaded.warnings, *RouteTable(loaded.config.routes).shadowed()):
@@ -56,7 +61,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         from .config.diff import diff_against_running
 
         return diff_against_running(loaded, args.admin)
-    print(f"{args.config}: ok")
+    what = args.config
+    if loaded.kv is not None:
+        kv = loaded.kv
+        stored = f"consul:{kv.prefix} ({len(kv.documents)} keys, index {kv.index})"
+        what = f"{args.config} + {stored}" if args.config else stored
+    print(f"{what}: ok")
     return 0
 
 
@@ -64,17 +74,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from .discovery.kvconfig import SourceUnavailable, load_at_boot
+
     try:
-        loaded = load(args.config)
+        loaded = load_at_boot(args.config)
     except ConfigError as exc:
         for p in exc.problems:
             print(p, file=sys.stderr)
         return 1
+    except SourceUnavailable as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    multi = args.workers not in (None, "1", 1)
+    if loaded.kv is not None and (multi or args.worker is not None):
+        print("cannot start: config_source is not supported with --workers", file=sys.stderr)
+        return 2
     if args.worker is not None:
         from .workers import run_worker
 
         return run_worker(args, loaded)
-    if args.workers not in (None, "1", 1):
+    if multi:
         from .workers import supervise
 
         return supervise(args, loaded)
@@ -151,13 +170,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--lifeline-fd", type=int, default=None, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a config")
-    check.add_argument("-c", "--config", required=True)
+    check.add_argument("-c", "--config", default=None, help="YAML file or directory")
+    check.add_argument("--consul", default=None, help="Consul address: check what KV stores")
+    check.add_argument("--prefix", default=None, help="the KV prefix (with --consul)")
+    check.add_argument("--token", default=None, help="Consul ACL token (with --consul)")
     check.add_argument("--diff", action="store_true", help="compare with the running lb")
     check.add_argument("--admin", default=None, help="admin URL (default from the config)")
     check.set_defaults(func=cmd_check)
     version = sub.add_parser("version", help="print version, event loop and picker")
     version.set_defaults(func=cmd_version)
     args = parser.parse_args(argv)
+    if args.command == "check" and args.config is None and args.consul is None:
+        parser.error("check needs -c FILE|DIR, or --consul ADDR --prefix P, or both")
+    if args.command == "check" and (args.consul is None) != (args.prefix is None):
+        parser.error("--consul and --prefix go together")
     return int(args.func(args))
 
 

@@ -11,8 +11,9 @@ from typing import Any
 from .admin.app import AdminServer
 from .balancer.install import install as install_balancing
 from .compress.install import install as install_compression
-from .config import ConfigError, Loaded, load
+from .config import ConfigError, Loaded
 from .config.watch import ConfigWatcher, signature
+from .discovery.kvconfig import KvConfig
 from .discovery.manager import install as install_discovery
 from .edge.install import install as install_edge
 from .listeners import ListenerPlan, prepare_listeners
@@ -63,8 +64,10 @@ class Server:
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_ok = True
         self.last_reload_errors: list[str] = []
+        # What a reload reads: the files, and the Consul KV documents of a config_source.
+        self.source = KvConfig(self, loaded)
         # Components with async start()/stop()/reconfigure(); stop() runs before draining.
-        self.extensions: list[Any] = [ConfigWatcher(self, interval=watch_interval)]
+        self.extensions: list[Any] = [ConfigWatcher(self, interval=watch_interval), self.source]
 
     async def start(self) -> None:
         """Everything is ready before the listeners open: the first request accepted is
@@ -147,7 +150,7 @@ class Server:
             running = self.runtime.loaded.inputs
             self.config_signature = signature(self.config_path, running)
             try:
-                loaded = await self.loop.run_in_executor(None, load, self.config_path)
+                loaded = await self.loop.run_in_executor(None, self.source.load)
             except ConfigError as exc:
                 errors = [str(p) for p in exc.problems]
                 for line in errors:

@@ -10,8 +10,9 @@ be upgraded in turn) takes over like this, one message per SOCK_SEQPACKET packet
     new          starts: the same sockets accept in both processes, so no connection is
                  refused and none waiting in a backlog is lost
     new -> old   {"op": "ready"}
-    old          stops accepting and stops its admin port, removes PATH
-    old -> new   {"op": "done"}; the new process serves hand-overs at PATH from now on
+    old -> new   {"op": "done"}, once it has removed PATH; the new process serves hand-overs
+                 at PATH from now on
+    old          stops accepting and stops its admin port
     old          drains like a SIGTERM (`Server.shutdown`, with `HANDOVER_GRACE`) and exits
 
 Before "ready" nothing has changed for the old process: a successor that fails to start (a bad
@@ -265,9 +266,10 @@ class UpgradeListener:
             # A successor that dies or gives up before "ready" leaves this lb as it was.
             ready, _ = await loop.run_in_executor(None, _expect, conn, "ready")
             self._close()
-            await server.handed_over(ready)
+            # "done" first: stopping this lb stops this listener too, mid-exchange otherwise.
             await loop.run_in_executor(None, _send, conn, {"op": "done"})
         log.info("upgraded: pid %s serves now; draining", hello.get("pid"))
+        await server.handed_over(ready)
         return True
 
 

@@ -102,12 +102,15 @@ async def test_ten_upgrades_under_load_refuse_and_fail_nothing(
     sock = str(tmp_path / "lb.sock")
     config = tmp_path / "lb.yaml"
     async with app_backend(release) as backend, aiohttp.ClientSession() as http:
-        config.write_text(lb_yaml([backend], port=port, admin_port=admin))
+        # The WebSocket and the slow request outlive ten upgrades: a drain long enough.
+        drain = "    timeouts: {drain: 120s}\n"
+        config.write_text(lb_yaml([backend], port=port, admin_port=admin, extra_listener=drain))
         procs = [LbProcess(config, "--upgrade-socket", sock, *workers)]
         load = Load(port)
         tasks: list[asyncio.Task[None]] = []
         try:
-            await wait_for(lambda: "serving upgrades" in procs[0].output(), 20, "first lb")
+            serving = f"serving upgrades at {sock}\n"  # the supervisor's, with --workers
+            await wait_for(lambda: serving in procs[0].output(), 20, "first lb")
             tasks = [asyncio.create_task(load.client()) for _ in range(CONNECTIONS)]
             # Started on the first process, finished there after the upgrades.
             ws = await http.ws_connect(f"http://127.0.0.1:{port}/ws")
@@ -117,9 +120,7 @@ async def test_ten_upgrades_under_load_refuse_and_fail_nothing(
                 log = tmp_path / f"lb-{i}.yaml"  # LbProcess logs beside its config's name
                 log.write_text(config.read_text())
                 new = LbProcess(log, "--upgrade-from", sock, "--upgrade-socket", sock, *workers)
-                await wait_for(
-                    lambda new=new: "serving upgrades" in new.output(), 20, f"upgrade {i}"
-                )
+                await wait_for(lambda new=new: serving in new.output(), 20, f"upgrade {i}")
                 procs.append(new)
                 before = load.ok
                 await wait_for(lambda before=before: load.ok > before + 50, 20, "load moved on")

@@ -230,6 +230,7 @@ def status_report(server: Any, observe: Any) -> dict[str, Any]:
             "last_reload_errors": list(server.last_reload_errors),
             "reloads": dict(server.reloads),
         },
+        "config_source": server.source.report(),
         "listeners": [_listener(lr) for lr in runtime.listeners.values()],
         "routes": _routes(runtime, metrics),
         "services": [_service(svc, metrics) for svc in runtime.services.values()],

@@ -1,9 +1,11 @@
-"""Load a config file, or a directory of them merged in name order, into a validated Config."""
+"""Load a config file, or a directory of them merged in name order, into a validated Config;
+the documents of a Consul KV prefix (lb/config/kv.py) merge after them the same way."""
 
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -12,6 +14,11 @@ from .inputs import digest_of, input_files
 from .model import Config
 from .schema import Builder, mark_of, marks
 
+if TYPE_CHECKING:
+    from .kv import KvSnapshot
+
+Document = tuple[str, bytes]  # (name in problems: a path or "consul:<key>", the YAML bytes)
+
 _LISTS = ("listeners", "routes")  # concatenated across files; names must stay unique
 _MAPS = ("services",)  # merged across files; a name may appear once
 
@@ -19,10 +26,11 @@ _MAPS = ("services",)  # merged across files; a name may appear once
 @dataclass(frozen=True)
 class Loaded:
     config: Config
-    files: tuple[str, ...]
-    digest: str  # sha256 of the files' bytes: the config "hash" shown to operators
+    files: tuple[str, ...]  # the documents' names: paths, then "consul:<key>"s
+    digest: str  # sha256 of the documents' bytes: the config "hash" shown to operators
     warnings: tuple[Problem, ...]
     inputs: tuple[str, ...] = ()  # the files it names for lb to read (lb/config/inputs.py)
+    kv: "KvSnapshot | None" = None  # the Consul KV documents merged in (config_source)
 
 
 def config_files(path: str) -> list[str]:
@@ -32,31 +40,54 @@ def config_files(path: str) -> list[str]:
     return [str(p)]
 
 
-def load(path: str, environ: Mapping[str, str] | None = None) -> Loaded:
-    """Parse, merge and validate; raises ConfigError listing every problem."""
+def read_files(path: str) -> list[Document]:
+    """The config file, or a directory's files in name order, as (name, bytes) documents."""
     files = config_files(path)
     if not files:
         raise ConfigError([Problem(Mark(path, 1, 1), "", "no .yaml files in this directory")])
-    b = Builder(environ)
-    digest = hashlib.sha256()
-    root: yaml.MappingNode | None = None
-    owners: dict[str, yaml.Node] = {}
+    docs = []
     for name in files:
         try:
-            raw = Path(name).read_bytes()
+            docs.append((name, Path(name).read_bytes()))
         except OSError as exc:
             raise ConfigError(
                 [Problem(Mark(name, 1, 1), "", f"cannot read: {exc.strerror}")]
             ) from exc
+    return docs
+
+
+def load(path: str, environ: Mapping[str, str] | None = None) -> Loaded:
+    """Parse, merge and validate; raises ConfigError listing every problem."""
+    return load_documents(read_files(path), environ)
+
+
+def compose(name: str, raw: bytes) -> yaml.Node | None:
+    """One document's YAML nodes, marked with `name`; a syntax error raises ConfigError."""
+    try:
+        return yaml.compose(raw.decode("utf-8"), Loader=_loader(name))
+    except yaml.MarkedYAMLError as exc:
+        m = exc.problem_mark
+        line, col = (m.line + 1, m.column + 1) if m else (1, 1)
+        raise ConfigError([Problem(Mark(name, line, col), "", f"YAML: {exc.problem}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(Mark(name, 1, 1), "", "not UTF-8 text")]) from exc
+
+
+def load_documents(
+    docs: list[Document],
+    environ: Mapping[str, str] | None = None,
+    kv: "KvSnapshot | None" = None,
+) -> Loaded:
+    """Merge documents (config files, then Consul KV keys) in the order given, as a config
+    directory's files are, and validate; raises ConfigError listing every problem. Problems
+    name the document: a file's path, or `consul:<key>` (lb/config/kv.py)."""
+    b = Builder(environ)
+    digest = hashlib.sha256()
+    root: yaml.MappingNode | None = None
+    owners: dict[str, yaml.Node] = {}
+    for name, raw in docs:
         digest.update(raw)
-        try:
-            node = yaml.compose(raw.decode("utf-8"), Loader=_loader(name))
-        except yaml.MarkedYAMLError as exc:
-            m = exc.problem_mark
-            line, col = (m.line + 1, m.column + 1) if m else (1, 1)
-            raise ConfigError([Problem(Mark(name, line, col), "", f"YAML: {exc.problem}")]) from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError([Problem(Mark(name, 1, 1), "", "not UTF-8 text")]) from exc
+        node = compose(name, raw)
         if node is None:
             continue
         if not isinstance(node, yaml.MappingNode):
@@ -77,7 +108,8 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> Loaded:
     warnings = tuple(p for p in b.problems if p.severity == "warning")
     inputs = input_files(config)
     digest.update(digest_of(inputs))
-    return Loaded(config, tuple(files), digest.hexdigest(), warnings, inputs)
+    names = tuple(name for name, _ in docs)
+    return Loaded(config, names, digest.hexdigest(), warnings, inputs, kv)
 
 
 def _loader(name: str) -> type[yaml.SafeLoader]:

@@ -38,6 +38,7 @@ from .listener_model import (  # noqa: F401 (re-exported: model.Certificate and 
 )
 from .schema import Check, OneOrMany, marks
 from .shape_model import Compress, Mirror
+from .source_model import ConfigSource
 
 
 # -- control plane -----------------------------------------------------------------------------
@@ -432,3 +433,4 @@ class Config:
     redis: Redis | None = None
     services: dict[str, Service] = field(default_factory=dict)
     routes: list[Route] = field(default_factory=list)
+    config_source: ConfigSource | None = None  # from the local files only (source_model.py)

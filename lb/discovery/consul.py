@@ -206,9 +206,12 @@ class ConsulClient:
         if api is not None:
             await api.close()
 
-    async def _read(self, path: str, params: list[tuple[str, str]], index: int) -> tuple[int, Any]:
+    async def _read(
+        self, path: str, params: list[tuple[str, str]], index: int, *, found: bool = True
+    ) -> tuple[int, Any]:
         """A read, blocking when index > 0. py-consul's own helpers cannot set the consistency
-        of health reads nor a per-request timeout, so this goes through its HTTP layer."""
+        of health reads nor a per-request timeout, so this goes through its HTTP layer.
+        found=False: a 404 (a KV miss, which still carries an index) answers None."""
         api = self._client()
         timeout = REQUEST_TIMEOUT
         if index > 0:
@@ -218,7 +221,7 @@ class ConsulClient:
             params.append((self.settings.consistency, "1"))
         try:
             raw_index, data = await api.http.get(
-                CB.json(index=True, allow_404=False),
+                CB.json(index=True, allow_404=not found),
                 path,
                 params=params,
                 headers=api.prepare_headers(),
@@ -255,6 +258,10 @@ class ConsulClient:
         """(index, {service: [tags]}) of the catalog."""
         params = [("dc", datacenter)] if datacenter else []
         return await self._read("/v1/catalog/services", params, index)
+
+    async def kv_tree(self, prefix: str, *, index: int = 0) -> tuple[int, Any]:
+        """(index, entries or None) of every key under `prefix`; None: there are none."""
+        return await self._read(f"/v1/kv/{prefix}", [("recurse", "1")], index, found=False)
 
     async def register_self(
         self,
@@ -332,8 +339,8 @@ class TokenBucket:
 T = TypeVar("T")
 
 
-class _Watch(ABC, Generic[T]):
-    """The blocking-query loop shared by ServiceWatch and CatalogWatch.
+class BlockingWatch(ABC, Generic[T]):
+    """The blocking-query loop shared by ServiceWatch, CatalogWatch and KvWatch (kvwatch.py).
 
     State for metrics and the admin API: `synced` (a first answer arrived), `last_success`
     (wall-clock time of the last good answer), `errors` (failed requests, ever), `last_error`
@@ -447,7 +454,7 @@ class _Watch(ABC, Generic[T]):
         await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
 
 
-class ServiceWatch(_Watch[tuple[Instance, ...]]):
+class ServiceWatch(BlockingWatch[tuple[Instance, ...]]):
     """Follows the passing instances of one Consul service.
 
     `on_update(instances)` gets every healthy instance (sorted by node, then ID), after the
@@ -526,7 +533,7 @@ def _instance(entry: Mapping[str, Any]) -> Instance:
     )
 
 
-class CatalogWatch(_Watch[tuple[tuple[str, tuple[str, ...]], ...]]):
+class CatalogWatch(BlockingWatch[tuple[tuple[str, tuple[str, ...]], ...]]):
     """Follows the service catalog: on_update({service: sorted tags}) on every change."""
 
     def __init__(
