@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, nonecheck=False
-"""Weighted-least-connections picker, compiled (``lb._picker``).
+"""Weighted-least-connections and least-latency picker, compiled (``lb._picker``).
 
 ``lb.balancer.picker_py`` is the pure-Python twin: same algorithm, same integer arithmetic, same
 PRNG, so for the same sequence of calls both return the same slots. Any change here must be made
@@ -44,6 +44,22 @@ Large pools: weighted power of two choices
     the 300 ns budget, which is worth it for small pools, where each backend carries a large share
     and sampling noise would be most visible.
 
+Least latency: Peak EWMA (``set_latency``)
+    Finagle's and Linkerd's ``peak_ewma``. Each slot keeps an RTT estimate: a sample above the
+    estimate (decayed to now) replaces it, a lower one blends in with weight
+    ``1 - exp(-elapsed / decay)``, ``elapsed`` being the time since the slot's last sample; between
+    samples the estimate decays towards 0 by ``exp(-elapsed / decay)``, so a slot that stopped
+    getting traffic for being slow is tried again in time. A slot's cost is
+    ``estimate * (in_flight + 1) / effective_weight``; before its first sample it is 0 while
+    nothing is in flight on it (a newcomer is tried at once) and ``penalty * (in_flight + 1) /
+    effective_weight`` once something is (one request at a time until it has answered). The
+    choice is power of two choices at every pool size: two distinct candidates drawn by effective
+    weight as above (so weights, slow start and drain still shape it), the lower cost wins, the
+    first draw on a tie; after ``P2C_MAX_DRAWS`` draws without an eligible candidate, an O(n)
+    scan for the lowest cost decides. The arithmetic is IEEE double, the same operations in the
+    same order as the twin's (built with ``-ffp-contract=off``, so no fused multiply-add), and
+    ``exp`` is the C library's in both.
+
 Shared counts (worker processes)
     ``attach(slot, buffer, total_index, own_index)`` makes the slot's choices read a counter
     in a shared buffer (``lb.shm``: one int64 cell per service and backend, counted by every
@@ -57,7 +73,7 @@ Shared counts (worker processes)
     broken per worker, the counts compared are global.
 """
 
-from libc.math cimport floor
+from libc.math cimport exp, floor
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memset
@@ -94,6 +110,9 @@ P2C_THRESHOLD = _THRESHOLD
 P2C_MAX_DRAWS = _MAX_DRAWS
 # Bounds weight * 1000 * in_flight well inside int64, so C and Python never disagree on overflow.
 MAX_WEIGHT = 1_000_000
+# Samples are clamped to 0..MAX_RTT seconds: an infinite one would turn the decay into NaN.
+cdef double _MAX_RTT = 1e6
+MAX_RTT = _MAX_RTT
 
 
 cdef inline int64_t _ramp_permille(double elapsed, double window) noexcept nogil:
@@ -116,7 +135,7 @@ cdef void *_resize(void *ptr, size_t size) except NULL:
 
 
 cdef class Picker:
-    """Weighted-least-connections picker over integer slots; see the module docstring."""
+    """Least-connections or least-latency picker over integer slots; see the module docstring."""
 
     cdef Py_ssize_t _cap
     cdef Py_ssize_t _high
@@ -144,6 +163,10 @@ cdef class Picker:
     cdef int64_t **_own_ptr  # this worker's column cell of the same row
     cdef Py_ssize_t _attached
     cdef dict _views  # slot -> buffer view held while its pointers are in use
+    cdef double _decay  # least_latency's time constant in seconds; 0: least connections
+    cdef double _penalty  # the RTT a slot without a sample counts as while busy
+    cdef double *_rtt  # RTT estimate in seconds as of _rtt_at; -1: no sample yet
+    cdef double *_rtt_at
 
     def __cinit__(self, *args, **kwargs):
         self._cap = 0
@@ -172,6 +195,8 @@ cdef class Picker:
         free(self._tree)
         free(self._total_ptr)
         free(self._own_ptr)
+        free(self._rtt)
+        free(self._rtt_at)
 
     cdef int _grow(self, Py_ssize_t cap) except -1:
         # cap stays a power of two so the Fenwick descent needs no bounds check.
@@ -193,6 +218,8 @@ cdef class Picker:
         self._tree = <int64_t *>_resize(self._tree, (n + 1) * sizeof(int64_t))
         self._total_ptr = <int64_t **>_resize(self._total_ptr, n * sizeof(int64_t *))
         self._own_ptr = <int64_t **>_resize(self._own_ptr, n * sizeof(int64_t *))
+        self._rtt = <double *>_resize(self._rtt, n * sizeof(double))
+        self._rtt_at = <double *>_resize(self._rtt_at, n * sizeof(double))
         for i in range(old, cap):
             self._alive[i] = 0
             self._elig[i] = 0
@@ -207,6 +234,8 @@ cdef class Picker:
             self._ramp_pos[i] = -1
             self._total_ptr[i] = NULL
             self._own_ptr[i] = NULL
+            self._rtt[i] = -1.0
+            self._rtt_at[i] = 0.0
         memset(self._tree, 0, (n + 1) * sizeof(int64_t))
         for i in range(1, cap + 1):
             self._tree[i] += self._eff[i - 1]
@@ -356,6 +385,59 @@ cdef class Picker:
             return second
         return first
 
+    cdef inline double _estimate(self, Py_ssize_t slot, double now) noexcept:
+        """The slot's RTT estimate decayed to ``now``; -1 before its first sample."""
+        cdef double rtt = self._rtt[slot]
+        cdef double dt = now - self._rtt_at[slot]
+        if rtt > 0.0 and dt > 0.0:
+            return rtt * exp(-dt / self._decay)
+        return rtt
+
+    cdef inline double _cost(self, Py_ssize_t slot, double now) noexcept:
+        cdef int64_t flight = self._flight(slot)
+        cdef double rtt = self._estimate(slot, now)
+        if rtt < 0.0:
+            if flight <= 0:
+                return 0.0
+            rtt = self._penalty
+        return rtt * <double>(flight + 1) / <double>self._eff[slot]
+
+    cdef Py_ssize_t _p2c_latency(self, bint panic, double now) noexcept:
+        # Two distinct candidates: with a handful of backends, a slot drawn twice would be
+        # taken without a comparison, whatever its cost.
+        cdef Py_ssize_t first = -1, second = -1, slot
+        cdef int draw
+        if self._total == 0:
+            return -1
+        for draw in range(_MAX_DRAWS):
+            slot = self._draw()
+            if slot == first or not (panic or self._elig[slot]):
+                continue
+            if first >= 0:
+                second = slot
+                break
+            first = slot
+            if self._eff[slot] == self._total:
+                break  # no other slot has weight: there is no second to draw
+        if first < 0:
+            return self._scan_latency(panic, now)
+        if second >= 0 and self._cost(second, now) < self._cost(first, now):
+            return second
+        return first
+
+    cdef Py_ssize_t _scan_latency(self, bint panic, double now) noexcept:
+        cdef Py_ssize_t i, best = -1
+        cdef double cost, best_cost = 0.0
+        cdef int64_t *effs = self._eff if panic else self._elig_eff
+        for i in range(self._high):
+            if effs[i] <= 0:
+                continue
+            cost = self._cost(i, now)
+            if best < 0 or cost < best_cost:
+                best = i
+                best_cost = cost
+        return best
+
     cdef inline int64_t _flight(self, Py_ssize_t slot) noexcept:
         """The count choices compare: the shared one when attached, else this picker's."""
         cdef int64_t *shared
@@ -399,6 +481,7 @@ cdef class Picker:
         self._weight[slot] = w
         self._current[slot] = 0
         self._in_flight[slot] = 0
+        self._rtt[slot] = -1.0
         self._live += 1
         if w > 0:
             self._eligible += 1
@@ -421,6 +504,7 @@ cdef class Picker:
         self._weight[slot] = 0
         self._current[slot] = 0
         self._in_flight[slot] = 0
+        self._rtt[slot] = -1.0
         self._live -= 1
         heapq.heappush(self._free, slot)
 
@@ -462,7 +546,9 @@ cdef class Picker:
             self._advance_ramps(now)
         if not panic and self._eligible == 0:
             return -1
-        if self._live > _THRESHOLD:
+        if self._decay > 0.0:
+            slot = self._p2c_latency(panic, now)
+        elif self._live > _THRESHOLD:
             slot = self._p2c(panic)
         else:
             slot = self._scan(panic)
@@ -482,6 +568,47 @@ cdef class Picker:
                 lb_add(self._total_ptr[slot], -1)
                 lb_store(self._own_ptr[slot], self._in_flight[slot])
         return self._in_flight[slot]
+
+    def set_latency(self, double decay, double penalty) -> None:
+        """Choose by Peak EWMA (module docstring) with time constant ``decay`` seconds, counting
+        a busy slot without a sample as ``penalty``; ``decay <= 0``: least connections again.
+        Switching it on starts every slot without a sample."""
+        cdef Py_ssize_t i
+        if not decay > 0.0:
+            self._decay = 0.0
+            return
+        if self._decay == 0.0:
+            for i in range(self._high):
+                self._rtt[i] = -1.0
+        self._decay = decay
+        self._penalty = min(max(penalty, 0.0), _MAX_RTT)
+
+    def observe(self, Py_ssize_t slot, double rtt, double now) -> None:
+        """An RTT sample of ``rtt`` seconds at ``now`` (least latency; ignored otherwise)."""
+        self._check(slot)
+        cdef double prior = self._rtt[slot], w
+        if self._decay == 0.0:
+            return
+        if not rtt >= 0.0:
+            rtt = 0.0
+        elif rtt > _MAX_RTT:
+            rtt = _MAX_RTT
+        if prior < 0.0:
+            self._rtt[slot] = rtt
+        else:
+            w = now - self._rtt_at[slot]
+            w = exp(-w / self._decay) if w > 0.0 else 1.0
+            prior = prior * w
+            self._rtt[slot] = rtt if rtt > prior else prior + rtt * (1.0 - w)
+        self._rtt_at[slot] = now
+
+    def latency(self, Py_ssize_t slot, double now) -> float | None:
+        """The slot's RTT estimate in seconds at ``now``; None before its first sample, or
+        when the picker is not choosing by latency."""
+        self._check(slot)
+        if self._decay == 0.0 or self._rtt[slot] < 0.0:
+            return None
+        return self._estimate(slot, now)
 
     def take(self, Py_ssize_t slot) -> None:
         """Count a request on a slot chosen elsewhere (consistent hashing, affinity), as

@@ -28,6 +28,10 @@ A mode: tcp listener (`lb.proxy.tcp`) has no exchanges: it reports each connecti
 ends, to the `TcpObserver`s in `Runtime.tcp_observers` (the access log), and its failed
 connection attempts through `Runtime.record_failure` like the HTTP path.
 
+Least latency (`balance.mode: least_latency`) plugs into nothing: it is a mode of the service's
+own picker, which the exchange feeds at each response head (`Service.answered`, a flag check
+for the other modes) and `Runtime.record_failure` at each failed attempt (`Service.failed`).
+
 Every reload recompiles the routes and runs `Runtime.compile_hooks` on the new table before it
 is swapped in, which is how the edge policies and traffic control re-attach their parts to
 the compiled routes.

@@ -142,6 +142,7 @@ class Runtime:
     # -- outcomes -------------------------------------------------------------------------------
     def record_failure(self, svc: Service, backend: Any, failure: Failure) -> None:
         backend.failures += 1
+        svc.failed(backend, failure)  # least_latency's penalty
         for hook in self.failure_hooks:
             hook.record_failure(svc, backend, failure)
 

@@ -1,9 +1,9 @@
 """The compiled picker and its pure-Python twin make identical choices.
 
 Random sequences of every operation are applied to both, below and above the power-of-two-choices
-threshold, and every result is compared. Slots may be attached to shared counters (each picker has
-its own copy of the shared buffer, and "other workers" change both copies alike), and the copies
-must stay byte for byte equal.
+threshold and in least-latency mode (Peak EWMA, with RTT samples), and every result is compared.
+Slots may be attached to shared counters (each picker has its own copy of the shared buffer, and
+"other workers" change both copies alike), and the copies must stay byte for byte equal.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ SHARED_ROWS = 8  # rows of [total, own] words in each picker's stand-in for the 
 
 weights = st.one_of(st.integers(0, 6), st.just(picker_py.MAX_WEIGHT))
 windows = st.sampled_from([0.0, 0.5, 3.0, 20.0])
+decays = st.sampled_from([0.0, 0.5, 10.0])  # 0: least connections
+penalties = st.sampled_from([0.0, 0.25, 1.0])
+rtts = st.one_of(
+    st.floats(0.0, 2.0), st.sampled_from([-1.0, 1e-6, float("inf"), float("nan"), 1e9])
+)
 
 
 class PickerPair(RuleBasedStateMachine):
@@ -58,12 +63,25 @@ class PickerPair(RuleBasedStateMachine):
         assert got == expected, (method, args)
         return expected
 
-    @initialize(seed=st.integers(0, 2**64 - 1), count=st.integers(0, 8), weight=weights)
-    def start(self, seed: int, count: int, weight: int) -> None:
+    @initialize(
+        seed=st.integers(0, 2**64 - 1), count=st.integers(0, 8), weight=weights, decay=decays
+    )
+    def start(self, seed: int, count: int, weight: int, decay: float) -> None:
         self.twin = picker_py.Picker(seed)
         self.ext = _picker.Picker(seed)
         for _ in range(count):
             self.slots.append(self.both("add", weight, self.now))
+        self.both("set_latency", decay, 1.0)
+
+    @rule(decay=decays, penalty=penalties)
+    def set_latency(self, decay: float, penalty: float) -> None:
+        self.both("set_latency", decay, penalty)
+
+    @precondition(lambda self: self.slots)
+    @rule(data=st.data(), rtt=rtts, count=st.integers(1, 10))
+    def observe(self, data: st.DataObject, rtt: float, count: int) -> None:
+        for _ in range(count):
+            self.both("observe", data.draw(st.sampled_from(self.slots)), rtt, self.now)
 
     @precondition(lambda self: len(self.slots) < MAX_POOL)
     @rule(weight=weights, slow_start=windows)
@@ -115,7 +133,10 @@ class PickerPair(RuleBasedStateMachine):
     @rule(count=st.integers(1, 30), panic=st.booleans(), keep=st.booleans())
     def pick(self, count: int, panic: bool, keep: bool) -> None:
         above = len(self.slots) > picker_py.P2C_THRESHOLD
-        event("pick with power of two choices" if above else "pick with the exact scan")
+        if self.twin._decay > 0.0:
+            event("pick by least latency")
+        else:
+            event("pick with power of two choices" if above else "pick with the exact scan")
         for _ in range(count):
             slot = self.both("pick", self.now, panic)
             if slot < 0:
@@ -167,6 +188,7 @@ class PickerPair(RuleBasedStateMachine):
             self.both("in_flight", slot)
             self.both("total_in_flight", slot)
             self.both("effective_weight", slot, self.now)
+            self.both("latency", slot, self.now)
 
     @invariant()
     def same_counts(self) -> None:
@@ -220,3 +242,40 @@ def test_scripted_large_pool_agrees() -> None:
     for slot in range(size):
         assert twin.in_flight(slot) == ext.in_flight(slot)
         assert twin.effective_weight(slot, now) == ext.effective_weight(slot, now)
+
+
+def test_scripted_least_latency_agrees() -> None:
+    """Least latency over a small and a large pool, with samples, slow starts and downs."""
+    for size in (3, picker_py.P2C_THRESHOLD * 2):
+        rng = random.Random(size)
+        twin, ext = picker_py.Picker(5), _picker.Picker(5)
+        now = 0.0
+        for i in range(size):
+            slow_start = 10.0 if i % 7 == 0 else 0.0
+            assert twin.add(1 + i % 4, now, slow_start) == ext.add(1 + i % 4, now, slow_start)
+        twin.set_latency(2.0, 0.5)
+        ext.set_latency(2.0, 0.5)
+        held: list[int] = []
+        for step in range(20_000):
+            op = rng.random()
+            if op < 0.5:
+                panic = rng.random() < 0.1
+                slot = twin.pick(now, panic)
+                assert ext.pick(now, panic) == slot, step
+                if slot >= 0:
+                    held.append(slot)
+            elif op < 0.9 and held:
+                slot = held.pop(rng.randrange(len(held)))
+                rtt = rng.expovariate(1000.0) * (1 + slot % 3)
+                twin.observe(slot, rtt, now)
+                ext.observe(slot, rtt, now)
+                assert twin.release(slot) == ext.release(slot)
+            elif op < 0.93:
+                slot, up = rng.randrange(size), rng.random() < 0.6
+                twin.set_eligible(slot, up, now, 5.0)
+                ext.set_eligible(slot, up, now, 5.0)
+            else:
+                now += rng.random() * 0.1
+        for slot in range(size):
+            assert twin.latency(slot, now) == ext.latency(slot, now)
+            assert twin.in_flight(slot) == ext.in_flight(slot)

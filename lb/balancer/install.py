@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..config import model
+from ..config.balance_model import HASH_MODES
 from ..routing.table import RouteTable
 from ..traffic.admission import TrustedProxies
 from .affinity import Affinity
@@ -45,7 +46,7 @@ class Balancing:
         made: dict[str, tuple[Any, Balance]] = {}
         for name, svc in runtime.services.items():
             cfg: model.Service = svc.config
-            hashed = cfg.balance.mode != "least_connections"
+            hashed = cfg.balance.mode in HASH_MODES  # least_latency is the picker's
             if not hashed and cfg.affinity is None:
                 svc.balance = None
                 continue

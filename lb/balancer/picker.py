@@ -1,5 +1,5 @@
-"""The weighted-least-connections picker: the compiled ``lb._picker`` when it was built, else its
-pure-Python twin ``lb.balancer.picker_py`` (same choices, slower).
+"""The picker (least connections, or least latency): the compiled ``lb._picker`` when it was
+built, else its pure-Python twin ``lb.balancer.picker_py`` (same choices, slower).
 
 ``LB_PICKER=python`` forces the twin, e.g. to rule the extension out while debugging.
 ``IMPLEMENTATION`` says which one was loaded ("cython" or "python").

@@ -1,4 +1,4 @@
-"""Weighted-least-connections picker, pure Python twin of the compiled ``lb._picker``.
+"""Weighted-least-connections and least-latency picker, pure Python twin of ``lb._picker``.
 
 Both implementations run the same algorithm with the same integer arithmetic and the same PRNG,
 so for the same sequence of calls they return the same slots. Any change here must be made in
@@ -36,6 +36,13 @@ Large pools: weighted power of two choices
     The threshold is the compiled picker's (see its docstring for the measurements behind it);
     the twin uses the same value so both make the same choices.
 
+Least latency: Peak EWMA (``set_latency``)
+    As in the compiled picker (see its docstring): an RTT estimate per slot, peak-sensitive and
+    decaying with ``exp(-elapsed / decay)``, cost ``estimate * (in_flight + 1) /
+    effective_weight``, power of two choices over distinct candidates at every pool size. The
+    doubles go through the same operations in the same order as the C code, and ``math.exp`` is
+    the C library's ``exp``, so both pick the same slots.
+
 Shared counts (worker processes)
     ``attach(slot, buffer, total_index, own_index)`` works as in the compiled picker (see its
     docstring) but through a ``memoryview`` cast to int64, with plain reads and writes: atomic
@@ -54,6 +61,8 @@ P2C_THRESHOLD = 128
 P2C_MAX_DRAWS = 8
 # Bounds weight * 1000 * in_flight well inside int64, so C and Python never disagree on overflow.
 MAX_WEIGHT = 1_000_000
+# Samples are clamped to 0..MAX_RTT seconds: an infinite one would turn the decay into NaN.
+MAX_RTT = 1e6
 
 _FULL_PERMILLE = 1000
 _MIN_PERMILLE = 100
@@ -80,7 +89,7 @@ def _check_weight(weight: int) -> int:
 
 
 class Picker:
-    """Weighted-least-connections picker over integer slots; see the module docstring."""
+    """Least-connections or least-latency picker over integer slots; see the module docstring."""
 
     def __init__(self, seed: int = 1) -> None:
         self._rng = operator.index(seed) & _MASK64
@@ -105,6 +114,10 @@ class Picker:
         self._tree: list[int] = [0]  # Fenwick tree of _eff, 1-based
         # slot -> (int64 view of a shared buffer, total word, own word); see attach().
         self._shared: dict[int, tuple[memoryview, int, int]] = {}
+        self._decay = 0.0  # least_latency's time constant in seconds; 0: least connections
+        self._penalty = 0.0  # the RTT a slot without a sample counts as while busy
+        self._rtt: list[float] = []  # RTT estimate in seconds as of _rtt_at; -1: no sample yet
+        self._rtt_at: list[float] = []
         self._grow(_INITIAL_CAPACITY)
 
     def _grow(self, cap: int) -> None:
@@ -120,6 +133,8 @@ class Picker:
         self._ss_start += [0.0] * extra
         self._ss_window += [0.0] * extra
         self._ramp_pos += [-1] * extra
+        self._rtt += [-1.0] * extra
+        self._rtt_at += [0.0] * extra
         tree = [0] * (cap + 1)
         for i in range(1, cap + 1):
             tree[i] += self._eff[i - 1]
@@ -270,6 +285,56 @@ class Picker:
             return second
         return first
 
+    def _estimate(self, slot: int, now: float) -> float:
+        """The slot's RTT estimate decayed to ``now``; -1 before its first sample."""
+        rtt = self._rtt[slot]
+        dt = now - self._rtt_at[slot]
+        if rtt > 0.0 and dt > 0.0:
+            return rtt * math.exp(-dt / self._decay)
+        return rtt
+
+    def _cost(self, slot: int, flights: array[int] | list[int], now: float) -> float:
+        flight = flights[slot]
+        rtt = self._estimate(slot, now)
+        if rtt < 0.0:
+            if flight <= 0:
+                return 0.0
+            rtt = self._penalty
+        return rtt * float(flight + 1) / float(self._eff[slot])
+
+    def _p2c_latency(self, panic: bool, now: float) -> int:
+        """Peak EWMA's choice: the cheaper of two distinct weighted draws."""
+        if self._total == 0:
+            return -1
+        first = second = -1
+        for _ in range(P2C_MAX_DRAWS):
+            slot = self._draw()
+            if slot == first or not (panic or self._elig[slot]):
+                continue
+            if first >= 0:
+                second = slot
+                break
+            first = slot
+            if self._eff[slot] == self._total:
+                break  # no other slot has weight: there is no second to draw
+        if first < 0:
+            return self._scan_latency(panic, now)
+        flights = self._flights()
+        if second >= 0 and self._cost(second, flights, now) < self._cost(first, flights, now):
+            return second
+        return first
+
+    def _scan_latency(self, panic: bool, now: float) -> int:
+        best, best_cost = -1, 0.0
+        flights = self._flights()
+        for slot in range(self._high):
+            if self._eff[slot] <= 0 or not (panic or self._elig[slot]):
+                continue
+            cost = self._cost(slot, flights, now)
+            if best < 0 or cost < best_cost:
+                best, best_cost = slot, cost
+        return best
+
     def add(self, weight: int, now: float, slow_start: float = 0.0) -> int:
         """Add a backend and return its slot (the lowest freed slot is reused first)."""
         w = _check_weight(weight)
@@ -285,6 +350,7 @@ class Picker:
         self._weight[slot] = w
         self._current[slot] = 0
         self._in_flight[slot] = 0
+        self._rtt[slot] = -1.0
         self._live += 1
         if w > 0:
             self._eligible += 1
@@ -307,6 +373,7 @@ class Picker:
         self._weight[slot] = 0
         self._current[slot] = 0
         self._in_flight[slot] = 0
+        self._rtt[slot] = -1.0
         self._live -= 1
         heapq.heappush(self._free, slot)
 
@@ -345,7 +412,12 @@ class Picker:
             self._advance_ramps(now)
         if not panic and self._eligible == 0:
             return -1
-        slot = self._p2c(panic) if self._live > P2C_THRESHOLD else self._scan(panic)
+        if self._decay > 0.0:
+            slot = self._p2c_latency(panic, now)
+        elif self._live > P2C_THRESHOLD:
+            slot = self._p2c(panic)
+        else:
+            slot = self._scan(panic)
         if slot >= 0:
             self._in_flight[slot] += 1
             self._count_shared(slot, 1)
@@ -358,6 +430,47 @@ class Picker:
             self._in_flight[slot] -= 1
             self._count_shared(slot, -1)
         return self._in_flight[slot]
+
+    def set_latency(self, decay: float, penalty: float) -> None:
+        """Choose by Peak EWMA with time constant ``decay`` seconds, counting a busy slot
+        without a sample as ``penalty``; ``decay <= 0``: least connections again. Switching it
+        on starts every slot without a sample."""
+        decay, penalty = float(decay), float(penalty)
+        if not decay > 0.0:
+            self._decay = 0.0
+            return
+        if self._decay == 0.0:
+            self._rtt[: self._high] = [-1.0] * self._high
+        self._decay = decay
+        self._penalty = min(max(penalty, 0.0), MAX_RTT)
+
+    def observe(self, slot: int, rtt: float, now: float) -> None:
+        """An RTT sample of ``rtt`` seconds at ``now`` (least latency; ignored otherwise)."""
+        slot = self._check(slot)
+        rtt, now = float(rtt), float(now)
+        prior = self._rtt[slot]
+        if self._decay == 0.0:
+            return
+        if not rtt >= 0.0:
+            rtt = 0.0
+        elif rtt > MAX_RTT:
+            rtt = MAX_RTT
+        if prior < 0.0:
+            self._rtt[slot] = rtt
+        else:
+            w = now - self._rtt_at[slot]
+            w = math.exp(-w / self._decay) if w > 0.0 else 1.0
+            prior = prior * w
+            self._rtt[slot] = rtt if rtt > prior else prior + rtt * (1.0 - w)
+        self._rtt_at[slot] = now
+
+    def latency(self, slot: int, now: float) -> float | None:
+        """The slot's RTT estimate in seconds at ``now``; None before its first sample, or
+        when the picker is not choosing by latency."""
+        slot = self._check(slot)
+        if self._decay == 0.0 or self._rtt[slot] < 0.0:
+            return None
+        return self._estimate(slot, float(now))
 
     def take(self, slot: int) -> None:
         """Count a request on a slot chosen elsewhere (consistent hashing, affinity), as

@@ -13,6 +13,8 @@ cdef class Service:
     cdef public double idle_timeout
     cdef public Py_ssize_t max_idle
     cdef public bint h2
+    cdef public bint least_latency
+    cdef public double penalty
     cdef public object clock
     cdef public object picker
     cdef public dict backends
@@ -30,3 +32,4 @@ cdef class Service:
     @cython.locals(b=Backend)
     cpdef Backend admit(self, Py_ssize_t slot, double now)
     cpdef release(self, Backend b)
+    cpdef answered(self, Backend b, long status, double sent)

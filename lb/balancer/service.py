@@ -2,9 +2,11 @@
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from ..config import model
+from ..proxy.failures import BAD_STATUS, Failure
 from ..shm import attach_backend
 from ..traffic.breaker import CLOSED
 from .backend import Backend
@@ -23,8 +25,8 @@ class Service:
     # fmt: off
     __slots__ = (
         "backends", "balance", "breaker", "by_slot", "caps", "clock", "config", "discovery",
-        "fallback", "gate", "h2", "head_timeout", "idle_timeout", "max_idle", "name",
-        "on_change", "outlier", "panic", "picker",
+        "fallback", "gate", "h2", "head_timeout", "idle_timeout", "least_latency", "max_idle",
+        "name", "on_change", "outlier", "panic", "penalty", "picker",
     )
     # fmt: on
 
@@ -32,9 +34,9 @@ class Service:
         self, name: str, config: model.Service, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.name = name
+        self.picker = Picker()
         self.configure(config)
         self.clock = clock
-        self.picker = Picker()
         self.backends: dict[tuple[str, int], Backend] = {}
         self.by_slot: list[Backend | None] = []
         self.panic = False
@@ -57,6 +59,10 @@ class Service:
         self.idle_timeout = float(config.timeouts.idle)
         self.max_idle = config.pool.max_idle
         self.h2 = config.protocol == "h2"  # HTTP/2 to the backends (lb/proxy/http2/upstream.py)
+        balance = config.balance
+        self.least_latency = balance.mode == "least_latency"
+        self.penalty = float(balance.penalty)
+        self.picker.set_latency(float(balance.decay) if self.least_latency else 0.0, self.penalty)
 
     # -- membership -----------------------------------------------------------------------------
     def update(self, specs: Iterable[tuple[str, int, int]]) -> None:
@@ -193,6 +199,32 @@ class Service:
 
     def in_flight(self, b: Backend) -> int:
         return self.picker.in_flight(b.slot)
+
+    # -- least_latency's samples ------------------------------------------------------------------
+    def answered(self, b: Backend, status: int, sent: float) -> None:
+        """The response head of an attempt on `b`, sent at `sent` (monotonic), is in: in
+        least_latency mode, the time since is its RTT sample; a 429 or 503 counts as the
+        penalty (the backend is shedding load: its speed says nothing)."""
+        if self.least_latency and b is not None:
+            now = monotonic()
+            rtt = self.penalty if status == 503 or status == 429 else now - sent
+            self.picker.observe(b.slot, rtt, now)
+
+    def failed(self, b: Backend, failure: Failure) -> None:
+        """A failed attempt (Runtime.record_failure): in least_latency mode the penalty, for
+        failures that judge the backend and had no response head (a retried status had one)."""
+        if (
+            self.least_latency
+            and failure.breaker
+            and failure is not BAD_STATUS
+            and self.by_slot[b.slot] is b  # given back already: the slot may be another's now
+        ):
+            self.picker.observe(b.slot, self.penalty, monotonic())
+
+    def latency(self, b: Backend) -> float | None:
+        """The backend's RTT estimate now, in seconds (metrics); None: no sample, or not
+        least_latency."""
+        return self.picker.latency(b.slot, monotonic())
 
 
 def panic(healthy: int, total: int, threshold_percent: float) -> bool:

@@ -1,8 +1,10 @@
-"""How a service chooses its backend: `services.NAME.balance` (least connections, or a
-consistent hash of a request key) and `services.NAME.affinity` (a cookie naming the backend).
+"""How a service chooses its backend: `services.NAME.balance` (least connections, least
+latency, or a consistent hash of a request key) and `services.NAME.affinity` (a cookie naming
+the backend).
 
-lb/balancer/balance.py compiles both into `Service.balance`; README "Consistent hashing and
-backend affinity" describes the behaviour.
+lb/balancer/balance.py compiles the hashes and affinity into `Service.balance`; least latency
+is a mode of the service's picker (lb/balancer/service.py). README "Least latency (Peak EWMA)"
+and "Consistent hashing and backend affinity" describe the behaviour.
 """
 
 import os
@@ -59,20 +61,34 @@ class HashOn:
             report("query", f'"{self.query}" is not a query parameter name')
 
 
+HASH_MODES = ("ring_hash", "maglev")
+_LATENCY_FIELDS = ("decay", "penalty")
+_HASH_FIELDS = ("hash_on", "bounded_load", "virtual_nodes", "table_size")
+
+
 @dataclass
 class Balance:
-    mode: Literal["least_connections", "ring_hash", "maglev"] = "least_connections"
+    mode: Literal["least_connections", "least_latency", "ring_hash", "maglev"] = "least_connections"
     hash_on: HashOn | None = None
     # Consistent hashing with bounded loads: no backend above this times its weighted share of
     # the in-flight requests (Google's c; 1.25 is the paper's example). None: unbounded.
     bounded_load: Annotated[float, Check(lambda v: v >= 1, "a factor >= 1")] | None = None
     virtual_nodes: Annotated[int, Check(lambda v: 1 <= v <= 10_000, "1 to 10000")] = 160
     table_size: int = DEFAULT_TABLE_SIZE
+    # least_latency, Peak EWMA (Finagle, Linkerd): the moving average's time constant
+    # (Finagle's 10 s), and the RTT that a 429, a 503 or a failed attempt counts as.
+    decay: Duration = 10.0
+    penalty: Duration = 1.0
 
     def check(self, report: Report) -> None:
         given = marks(self)
-        if self.mode == "least_connections":
-            for name in ("hash_on", "bounded_load", "virtual_nodes", "table_size"):
+        for name in _LATENCY_FIELDS:
+            if self.mode != "least_latency" and name in given:
+                report(name, f"{name} applies to mode: least_latency")
+            elif getattr(self, name) <= 0:
+                report(name, "expected a positive duration")
+        if self.mode not in HASH_MODES:
+            for name in _HASH_FIELDS:
                 if name in given:
                     report(name, f"{name} applies to mode: ring_hash and maglev")
             return

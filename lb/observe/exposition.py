@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..balancer.picker import IMPLEMENTATION
+from .latency_metrics import latency_families
 from .metrics import BREAKER_STATES, CAPS, COUNTERS, STATES, Metrics, service_part
 from .recorder import OTHER, BackendStats, Histogram
 
@@ -58,6 +59,7 @@ class Exposition(Collector):
         m.sync()
         yield from self._requests()
         yield from self._backends()
+        yield from latency_families(self.server.runtime, m)
         yield from self._listeners()
         yield from self._traffic_control()
         yield from self._generic()

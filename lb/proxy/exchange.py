@@ -340,6 +340,7 @@ class Exchange:
         self.client.send_interim(self, status, headers)
 
     def response_head(self, conn: Upstream, status: int, info: ResponseInfo) -> None:
+        self.service.answered(self.backend, status, self.t_upstream)  # least_latency's sample
         route = self.route
         if (
             status >= 500
