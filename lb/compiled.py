@@ -40,6 +40,7 @@ MODULES = (
     "lb.edge.network",
     "lb.edge.basic_auth",
     "lb.edge.jwt_auth",
+    "lb.tracing.context",  # W3C trace context, per request head while tracing is on
     # HTTP/2 toward clients; those in NEEDS_H2 import only where lb._h2 is built (the rest
     # never needs them)
     "lb.proxy.http2.request",
