@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lb.tracing")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
+_VERSIONS = {"2.0": "2", "3.0": "3"}
 
 
 class Exporter:
@@ -120,7 +121,8 @@ class Exporter:
         if host is not None:
             _address(attributes, "server", host.decode("latin-1"))
         if protocol is not None:
-            attributes["network.protocol.version"] = protocol.rpartition("/")[2]
+            version = protocol.rpartition("/")[2]  # "1.1", and "2" as conventions spell it
+            attributes["network.protocol.version"] = _VERSIONS.get(version, version)
         if status:
             attributes["http.response.status_code"] = status
         if route is not None:
