@@ -3,9 +3,9 @@ started, the sampling decided, and the backend handed lb's own `traceparent`.
 
 `Propagator.begin(info)` runs once per request head while tracing is on (the client sides
 call it right after `analyze_request`, HTTP/1.1 and HTTP/2 alike), and only then: with tracing
-off, `ListenerRuntime.runtime.tracer` is None and nothing here runs. It costs one look at each
-header's length and first letter; only a request that carries trace headers takes the slow path
-that parses and rebuilds its header list.
+off, `Runtime.tracer` is None and nothing here runs. It costs one look at each header's length
+and first letter, three random numbers and one formatting; only a request that carries trace
+headers takes the slow path that parses and rebuilds its header list.
 
 A valid `traceparent` (version 00 exactly as specified; a later version by its first four
 fields; version ff, upper-case hex, all-zero ids or a wrong length are invalid) continues its
@@ -17,8 +17,8 @@ way the backend gets version 00 with the trace id, lb's own span id and the samp
 the `tracestate` as it came: the unsampled requests propagate too, without a span.
 """
 
+import os
 import re
-from random import getrandbits  # reseeded in a forked worker, unlike a Random() of our own
 
 from ..proxy.headers import RequestInfo, lower_name
 
@@ -28,26 +28,42 @@ _FIELDS = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2}
 _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
 _T = 116  # "t"; a header name's first byte | 32 folds "T" onto it
+# lb's traceparent, written digit by digit into a copy (compiled, a C loop: a tenth of what
+# formatting three ints with bytes % costs); the ids are read back from it when needed.
+_TEMPLATE = b"00-00000000000000000000000000000000-0000000000000000-00"
+_DIGITS = b"0123456789abcdef"
+_ONE = 49  # "1", the sampled flag's last digit
+# SplitMix64 (Steele, Lea, Flood 2014): 64-bit ids from a counter, every output distinct within
+# a seed's 2^64 period and uniform enough for the trace id's low 64 bits to be sampled on.
+_M = 0xFFFFFFFFFFFFFFFF
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
 
 
 class TraceContext:
-    """A request's place in its trace: ids as lower-case hex, as they travel in headers."""
+    """A request's place in its trace. `header` is the traceparent lb forwards (version 00),
+    so that the ids are made and formatted once and read back only when something needs them
+    (a sampled span, an access-log line)."""
 
-    __slots__ = ("parent_id", "sampled", "span_id", "trace_id", "tracestate")
+    __slots__ = ("header", "parent_id", "sampled", "tracestate")
 
     def __init__(
-        self,
-        trace_id: bytes,
-        span_id: bytes,
-        parent_id: bytes | None,
-        sampled: bool,
-        tracestate: bytes | None,
+        self, header: bytes, parent_id: bytes | None, sampled: bool, tracestate: bytes | None
     ) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id  # lb's span: the parent of whatever the backend records
+        self.header = header  # "00-<trace id>-<lb's span id>-<flags>"
         self.parent_id = parent_id  # the client's span, when it sent a valid traceparent
         self.sampled = sampled
-        self.tracestate = tracestate
+        self.tracestate = tracestate  # as forwarded
+
+    @property
+    def trace_id(self) -> bytes:
+        return self.header[3:35]
+
+    @property
+    def span_id(self) -> bytes:
+        """lb's span: the parent of whatever the backend records."""
+        return self.header[36:52]
 
 
 def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bool] | None:
@@ -70,18 +86,23 @@ def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bool] | None:
     return trace_id, parent_id, bool(int(m.group(4), 16) & 1)
 
 
-def _span_id() -> bytes:
-    return b"%016x" % (getrandbits(64) or 1)
-
-
 class Propagator:
     """`Runtime.tracer`: one per config, its sampling bound computed once."""
 
-    __slots__ = ("bound",)
+    __slots__ = ("bound", "everything", "state")
 
     def __init__(self, sampling: float) -> None:
-        # Sampled when the trace id's low 64 bits are below this (TraceIdRatioBased's bound).
-        self.bound = round(sampling * (1 << 64))
+        # Sampled when the trace id's low 64 bits are below the bound (TraceIdRatioBased's).
+        bound = round(sampling * (1 << 64))
+        self.everything = bound > _M
+        self.bound = min(bound, _M)
+        self.state = int.from_bytes(os.urandom(8), "little")  # its own per process and config
+
+    def _next(self) -> int:
+        self.state = z = (self.state + _GOLDEN) & _M
+        z = ((z ^ (z >> 30)) * _MIX1) & _M
+        z = ((z ^ (z >> 27)) * _MIX2) & _M
+        return (z ^ (z >> 31)) or 1  # never an all-zero id
 
     def begin(self, info: RequestInfo) -> None:
         forward = info.forward
@@ -93,12 +114,17 @@ class Propagator:
                 if lname in (TRACEPARENT, TRACESTATE):
                     self._continue(info)
                     return
-        high = getrandbits(64)
-        low = getrandbits(64) or 1  # never the all-zero trace id
-        sampled = low < self.bound
-        ctx = TraceContext(b"%016x%016x" % (high, low), _span_id(), None, sampled, None)
-        info.trace = ctx
-        forward.append((TRACEPARENT, _header(ctx)))
+        buf = bytearray(_TEMPLATE)
+        _hex(buf, 3, self._next())
+        low = self._next()
+        _hex(buf, 19, low)
+        _hex(buf, 36, self._next())
+        sampled = self.everything or low < self.bound
+        if sampled:
+            buf[54] = _ONE
+        header = bytes(buf)
+        info.trace = TraceContext(header, None, sampled, None)
+        forward.append((TRACEPARENT, header))
 
     def _continue(self, info: RequestInfo) -> None:
         """The slow path: a request with trace headers; its header list is rebuilt."""
@@ -121,13 +147,18 @@ class Propagator:
             return
         trace_id, parent_id, sampled = parsed
         state = b",".join([s for s in states if s]) or None  # several headers are one list
-        ctx = TraceContext(trace_id, _span_id(), parent_id, sampled, state)
-        info.trace = ctx
+        header = b"00-%b-%016x-%b" % (trace_id, self._next(), b"01" if sampled else b"00")
+        info.trace = TraceContext(header, parent_id, sampled, state)
         if state is not None:
             rest.append((TRACESTATE, state))
-        rest.append((TRACEPARENT, _header(ctx)))
+        rest.append((TRACEPARENT, header))
         info.forward = rest
 
 
-def _header(ctx: TraceContext) -> bytes:
-    return b"00-%b-%b-%b" % (ctx.trace_id, ctx.span_id, b"01" if ctx.sampled else b"00")
+def _hex(buf: bytearray, at: int, value: int) -> None:
+    """`value`'s 16 lower-case hex digits into buf[at:at + 16]."""
+    i = at + 16
+    while i > at:
+        i -= 1
+        buf[i] = _DIGITS[value & 15]
+        value >>= 4

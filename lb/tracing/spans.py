@@ -2,8 +2,8 @@
 needs, as a plain tuple, in a bounded queue for the exporter thread (export.py).
 
 No OpenTelemetry object is made on the loop: the exporter builds the spans from these tuples.
-An unsampled exchange costs two attribute reads here. A full queue (the collector is slow or
-down and the exporter is retrying) drops the span and counts it.
+Compiled (spans.pxd), an unsampled exchange costs a call and two field reads here. A full queue
+(the collector is slow or down and the exporter is retrying) drops the span and counts it.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ SpanRecord = tuple[
 class SpanQueue:
     """`Runtime.observers` member while tracing is on."""
 
+    # Compiled, an extension type (spans.pxd); this names the same fields for the twin.
+    __slots__ = ("batch", "dropped", "max_queue", "spans", "wake")
+
     def __init__(self, max_queue: int, batch: int, dropped: dict[tuple[str, ...], int]) -> None:
         self.spans: deque[SpanRecord] = deque()  # appended here, popped by the exporter thread
         self.max_queue = max_queue
@@ -50,7 +53,8 @@ class SpanQueue:
         self.wake: Any = None  # set by the exporter: called when a full batch is waiting
 
     def record(self, ex: ExchangeView, ok: bool) -> None:
-        trace = ex.info.trace
+        info = ex.info
+        trace = info.trace
         if trace is None or not trace.sampled:
             return
         spans = self.spans
@@ -66,7 +70,7 @@ class SpanQueue:
                 monotonic(),
                 ex.method,
                 ex.path,
-                ex.info.host,
+                info.host,
                 route.name if route is not None else None,
                 svc.name if svc is not None else None,
                 ex.upstream_name,
