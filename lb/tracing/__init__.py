@@ -3,11 +3,12 @@
 `install(server)` runs once in `Server.start()` and adds a `Tracing` extension that follows
 reloads. With `tracing:` absent nothing of this package is on the request path:
 `Runtime.tracer` is None (the client sides' one check) and no observer is attached; the
-OpenTelemetry SDK is not even imported. With it:
+OpenTelemetry packages are not even imported. With it:
 
 - context.py: `Runtime.tracer`, a `Propagator` the client sides hand each request head to;
 - spans.py: a `SpanQueue` observer that queues the sampled exchanges' span fields;
-- export.py: an `Exporter` thread that builds the spans and posts them over OTLP/HTTP.
+- otlp.py: their encoding as an OTLP `ExportTraceServiceRequest` (opentelemetry-proto);
+- export.py: an `Exporter` thread that encodes them and posts them over OTLP/HTTP.
 
 `lb_tracing_spans_total{result}` counts the sampled spans: `exported`, `dropped` (the queue was
 full) and `failed` (their export failed).
@@ -67,7 +68,7 @@ class Tracing:
         self._retire()
         if cfg is None:
             return
-        from .export import Exporter  # the SDK is imported only once tracing is configured
+        from .export import Exporter  # OpenTelemetry is imported only once tracing is set
 
         self.queue = SpanQueue(cfg.max_queue, cfg.batch, self.counts)
         self.exporter = Exporter(cfg, self.queue, self.counts)
