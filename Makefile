@@ -43,7 +43,7 @@ TWIN_TESTS := tests/test_build.py tests/test_exchange_harness.py tests/test_prox
 	tests/test_traffic_ratelimit.py tests/test_traffic_outlier.py tests/test_edge_ipfilter.py \
 	tests/test_edge_client_caps.py tests/test_edge_basic_auth.py tests/test_edge_jwt.py \
 	tests/test_balance_hash.py tests/test_compress.py tests/test_mirror.py \
-	tests/test_balance_latency.py
+	tests/test_balance_latency.py tests/test_tracing.py
 
 # system-deps before build: lb._h2 is only built where libnghttp2-dev is installed.
 test: system-deps build

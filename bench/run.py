@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import edge_fixture  # bench/, beside this script
+import tracing_fixture
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "latest.json"
@@ -61,6 +62,7 @@ STANDARD_PROXIES = (
     "lb_metrics_off",
     "lb_policies",
     "lb_edge",
+    "lb_tracing",
     "py_floor",
 )
 MULTICORE_PROXIES = ("haproxy_2threads", "lb_2workers")
@@ -75,6 +77,7 @@ CHECKS: tuple[tuple[str, str, str, str, str, float], ...] = (
     ("lb_vs_lb_metrics_off_rps", "lb", "lb_metrics_off", "rps", ">=", 0.95),
     ("lb_policies_vs_lb_rps", "lb_policies", "lb", "rps", ">=", 0.95),
     ("lb_edge_vs_lb_rps", "lb_edge", "lb", "rps", ">=", 0.9),
+    ("lb_tracing_vs_lb_rps", "lb_tracing", "lb", "rps", ">=", 0.95),
     # Not targets: how far lb is from its architecture's floor, and the floor from HAProxy.
     ("lb_vs_py_floor_rps", "lb", "py_floor", "rps", "info", 0.0),
     ("py_floor_vs_haproxy_rps", "py_floor", "haproxy", "rps", "info", 0.0),
@@ -487,7 +490,8 @@ backend app
 
 def lb_config(port: int, admin_port: int, backends: list[int], variant: str, edge: str = "") -> str:
     """The lead's schema, keys exactly as agreed; `variant` is default|metrics_off|policies|
-    edge, `edge` the route's edge policies (bench/edge_fixture.py) for the last."""
+    edge|tracing, `edge` the route's edge policies (bench/edge_fixture.py) for edge (tracing's
+    lines, bench/tracing_fixture.py, are appended by the caller)."""
     backend_lines = "".join(f'      - {{address: "127.0.0.1:{b}", weight: 1}}\n' for b in backends)
     breaker = (
         "    circuit_breaker: {max_requests: 100000, max_pending: 100000, "
@@ -529,7 +533,7 @@ class ProxySpec:
     kind: str  # haproxy | nginx | lb
     cpus: list[int]
     threads: int = 1  # haproxy nbthread, nginx worker_processes, lb --workers
-    variant: str = "default"  # lb only: default | metrics_off | policies | edge
+    variant: str = "default"  # lb only: default | metrics_off | policies | edge | tracing
 
 
 @dataclass
@@ -578,6 +582,7 @@ def standard_specs(layout: Layout, multicore: bool) -> list[ProxySpec]:
         ProxySpec("lb_metrics_off", "lb", one, variant="metrics_off"),
         ProxySpec("lb_policies", "lb", one, variant="policies"),
         ProxySpec("lb_edge", "lb", one, variant="edge"),
+        ProxySpec("lb_tracing", "lb", one, variant="tracing"),
         ProxySpec("py_floor", "floor", one),
     ]
     if multicore:
@@ -659,7 +664,9 @@ def proxy_command(
         conf.write_text(lb_config(port, bench.ports.free(), backends, "default"))
         return [sys.executable, str(REPO / "bench" / "floor_proxy.py"), "run", "-c", str(conf)]
     edge = edge_fixture.write(home)[0] if spec.variant == "edge" else ""
-    conf.write_text(lb_config(port, bench.ports.free(), backends, spec.variant, edge))
+    text = lb_config(port, bench.ports.free(), backends, spec.variant, edge)
+    # lb_tracing: 1% sampled, spans to a sink in this process (bench/tracing_fixture.py)
+    conf.write_text(text + tracing_fixture.yaml() if spec.variant == "tracing" else text)
     cmd = [*bench.tools.lb, "run", "-c", str(conf)]
     # One worker means the plain single-process mode, so lb_w1 equals lb's standard figure.
     return [*cmd, "--workers", str(spec.threads)] if spec.threads > 1 else cmd

@@ -40,6 +40,9 @@ MODULES = (
     "lb.edge.network",
     "lb.edge.basic_auth",
     "lb.edge.jwt_auth",
+    # tracing's request path: the trace context of each request head, the sampled spans' queue
+    "lb.tracing.context",
+    "lb.tracing.spans",
     # HTTP/2 toward clients; those in NEEDS_H2 import only where lb._h2 is built (the rest
     # never needs them)
     "lb.proxy.http2.request",

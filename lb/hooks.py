@@ -22,6 +22,8 @@ ones before it set up):
 4. the admin server, which the next step registers its metrics with;
 5. observability (`lb.observe.install`): the metrics `Observer` + `FailureHook` and the
    access-log `Observer`, each attached only while enabled, so that what is off costs nothing;
+   then tracing (`lb.tracing.install`): `Runtime.tracer`, which the client sides hand each
+   request head to (W3C trace context), and a span `Observer`, only while `tracing` is set;
 6. discovery (`lb.discovery.manager.install`): backend sets into `Service.update`.
 
 A mode: tcp listener (`lb.proxy.tcp`) has no exchanges: it reports each connection once, as it

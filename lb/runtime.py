@@ -24,6 +24,7 @@ from .routing.table import RouteTable
 if TYPE_CHECKING:
     from .proxy.downstream import ClientConnection
     from .proxy.tcp.listener import TcpListenerRuntime
+    from .tracing.context import Propagator
 
 H = TypeVar("H")
 
@@ -64,6 +65,8 @@ class Runtime:
         self.compile_hooks: list[Callable[[RouteTable], None]] = []
         # Asked when a request matches no route: the listeners' edge policies (lb/edge).
         self.unrouted_guard: Guard | None = None
+        # Handed each request head while tracing is on (lb/tracing); None: tracing is off.
+        self.tracer: Propagator | None = None
         # Declared outside the config (Consul tags); the config wins a service name.
         self.dynamic_routes: list[model.Route] = []
         self.dynamic_services: dict[str, model.Service] = {}

@@ -24,6 +24,7 @@ from .proxy.downstream import ClientConnection
 from .proxy.listener import ListenerRuntime
 from .proxy.tcp.listener import TcpListenerRuntime
 from .runtime import Runtime
+from .tracing import install as install_tracing
 from .traffic.control import install as install_traffic_control
 from .upgrade import HANDOVER_GRACE, Inherited, Offer
 
@@ -81,6 +82,7 @@ class Server:
         install_mirroring(self)
         self.admin = (self.admin_factory or AdminServer)(self)
         install_observability(self)
+        install_tracing(self)
         install_discovery(self)
         await self.admin.start()
         for ext in self.extensions:

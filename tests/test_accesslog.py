@@ -193,11 +193,12 @@ def test_fast_and_general_formatters_agree():
     nasty = 'quote " backslash \\ newline \n tab \t nul \x00 é 😀 </script>'
     rows = [
         ("2024-01-02T03:04:05.678Z", "web", "10.0.0.1", "GET", None, "/", "HTTP/1.1", 200, 12,
-         0.125, 0.1, "r", "s", "10.0.0.2:80", 1, None, "id-1", None, None),
+         0.125, 0.1, "r", "s", "10.0.0.2:80", 1, None, "id-1", None, None,
+         "4bf92f3577b34da6a3ce929d0e0e4736"),
         ("2024-01-02T03:04:05.678Z", nasty, nasty, nasty, nasty, nasty, "HTTP/1.0", 0, 0,
-         1e-05, None, nasty, nasty, nasty, 0, nasty, nasty, nasty, nasty),
+         1e-05, None, nasty, nasty, nasty, 0, nasty, nasty, nasty, nasty, nasty),
         ("2024-01-02T03:04:05.678Z", "web", "::1", None, None, None, None, 400, 0, None, None,
-         None, None, None, 0, "refused", None, "0", "ip_filter"),
+         None, None, None, 0, "refused", None, "0", "ip_filter", None),
     ]  # fmt: skip
     general = Subset(FIELDS)
     for row in rows:

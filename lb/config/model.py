@@ -39,6 +39,7 @@ from .listener_model import (  # noqa: F401 (re-exported: model.Certificate and 
 from .schema import Check, OneOrMany, marks
 from .shape_model import Compress, Mirror
 from .source_model import ConfigSource
+from .tracing_model import Tracing
 
 
 # -- control plane -----------------------------------------------------------------------------
@@ -434,3 +435,4 @@ class Config:
     services: dict[str, Service] = field(default_factory=dict)
     routes: list[Route] = field(default_factory=list)
     config_source: ConfigSource | None = None  # from the local files only (source_model.py)
+    tracing: Tracing | None = None  # lb/config/tracing_model.py

@@ -19,7 +19,8 @@ request sent to response end; null without a backend), route, service, backend, 
 failure (why the exchange failed, else null), request_id, grpc_status (a gRPC call's
 status as it went to the client, from its trailers or trailers-only head; else null),
 refused_by (the edge policy that answered the request itself, such as ip_filter or
-client_in_flight; else null).
+client_in_flight; else null), trace_id (the W3C trace id the request was forwarded with,
+32 hex digits, while `tracing` is configured; else null).
 
 A mode: tcp listener writes one line per connection when it ends (`record_tcp`), with its own
 fields (`TCP_FIELDS`): timestamp (when it was accepted), listener, client (address:port, the
@@ -71,6 +72,7 @@ FIELDS = (
     "request_id",
     "grpc_status",
     "refused_by",
+    "trace_id",
 )
 TCP_FIELDS = (
     "timestamp",
@@ -212,7 +214,7 @@ def format_all(row: Row) -> str:
     every request of every logging listener. `Subset` is the general path; the tests check
     that both write the same JSON."""
     (ts, listener, client, method, host, path, protocol, status, nbytes, duration, upstream,
-     route, service, backend, retries, failure, request_id, grpc_status, refused_by,
+     route, service, backend, retries, failure, request_id, grpc_status, refused_by, trace_id,
      ) = row  # fmt: skip
     return (
         f'{{"timestamp":"{ts}","listener":{_s(listener)},"client":{_s(client)},'
@@ -221,7 +223,7 @@ def format_all(row: Row) -> str:
         f'"upstream_ms":{_n(upstream)},"route":{_s(route)},"service":{_s(service)},'
         f'"backend":{_s(backend)},"retries":{retries},"failure":{_s(failure)},'
         f'"request_id":{_s(request_id)},"grpc_status":{_s(grpc_status)},'
-        f'"refused_by":{_s(refused_by)}}}\n'
+        f'"refused_by":{_s(refused_by)},"trace_id":{_s(trace_id)}}}\n'
     )
 
 
@@ -299,6 +301,7 @@ class AccessLog:
             return
         now = time.monotonic()
         route, svc, info = ex.route, ex.service, ex.info
+        trace = info.trace
         row = (
             self._timestamp(time.time() - (now - ex.t0)),
             client.listener.name,
@@ -319,6 +322,7 @@ class AccessLog:
             info.request_id.decode("latin-1") if info.request_id else None,
             client.grpc_status,
             ex.refused_by,
+            trace.trace_id.decode() if trace is not None else None,
         )
         sink, fmt = entry
         sink.add(fmt(row))
@@ -331,7 +335,7 @@ class AccessLog:
         ts = self._timestamp(time.time())
         client = conn.peer_ip.decode("latin-1")
         row = (ts, conn.listener.name, client, None, None, None, None, status, 0, None, None,
-               None, None, None, 0, "refused", None, None, None)  # fmt: skip
+               None, None, None, 0, "refused", None, None, None, None)  # fmt: skip
         sink, fmt = entry
         sink.add(fmt(row))
 

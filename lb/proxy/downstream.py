@@ -203,6 +203,9 @@ class ClientConnection(Downstream):
         if cert_header is not None:  # mTLS: routed and forwarded like the client's headers
             self._headers = with_client_cert(self._headers, cert_header, self.client_cert)
         info = analyze_request(self._headers)
+        tracer = self.listener.runtime.tracer
+        if tracer is not None:  # W3C trace context (lb/tracing): read, started, forwarded
+            tracer.begin(info)
         keep_alive = parser.should_keep_alive()
         http10 = is_http10(info, keep_alive, parser)
         if http10:

@@ -15,6 +15,7 @@ cdef class RequestInfo:
     cdef public object authorization
     cdef public object cookie
     cdef public list forward
+    cdef public object trace
 
 
 @cython.final

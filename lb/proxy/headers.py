@@ -7,7 +7,10 @@ One pass over the header list per message; everything that does not depend on th
 import os
 import re
 from itertools import count
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..tracing.context import TraceContext
 
 HOP_BY_HOP = frozenset(
     {
@@ -87,6 +90,7 @@ class RequestInfo:
         "forward",
         "host",
         "request_id",
+        "trace",
         "upgrade",
         "xff",
     )
@@ -105,6 +109,7 @@ class RequestInfo:
         self.authorization: bytes | None = None
         self.cookie: bytes | None = None
         self.forward: list[tuple[bytes, bytes]] = []
+        self.trace: TraceContext | None = None  # with tracing on (lb/tracing/context.py)
 
 
 def analyze_request(headers: list[tuple[bytes, bytes]]) -> RequestInfo:

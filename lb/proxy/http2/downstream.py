@@ -187,6 +187,9 @@ class H2Connection(SessionIO):
         st.expected = info.content_length
         st.grpc = head.grpc
         listener = self.listener
+        tracer = listener.runtime.tracer
+        if tracer is not None:  # W3C trace context (lb/tracing), as for HTTP/1.1
+            tracer.begin(info)
         route = listener.forced_route or listener.runtime.table.lookup(
             _route_host(info.host), head.method, head.path, head.query, head.regular
         )
