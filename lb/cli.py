@@ -86,9 +86,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
     multi = args.workers not in (None, "1", 1)
-    if loaded.kv is not None and (multi or args.worker is not None):
-        print("cannot start: config_source is not supported with --workers", file=sys.stderr)
-        return 2
     if args.worker is not None:
         from .workers import run_worker
 

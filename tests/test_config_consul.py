@@ -355,11 +355,56 @@ async def test_lb_run_serves_the_kv_config(tmp_path, consul):
                         break
                 await asyncio.sleep(0.05)
             assert await answered_by(lb) == a.port
-            code, out = await lb_cli("run", "-c", str(path), "--workers", "2")
-            assert code == 2 and "not supported with --workers" in out
         finally:
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_two_lb_processes_one_with_workers_converge_within_a_second(tmp_path, consul):
+    """Two `lb run` processes on the same prefix, one of them a supervisor with two workers
+    (each worker follows Consul itself): a KV edit reaches every one of them within FOLLOW."""
+    async with backends(2) as (a, b):
+        put(consul, "10-services", services_doc(a))
+        put(consul, "20-routes", ROUTES)
+        lbs, procs = [], []
+        try:
+            for name, extra in (("one", ()), ("tree", ("--workers", "2"))):
+                port, admin_port = free_port(), free_port()
+                path = tmp_path / f"{name}.yaml"
+                path.write_text(local_yaml(consul.address, None, port=port, admin_port=admin_port))
+                procs.append(
+                    await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "lb", "run", "-c", str(path), *extra,
+                        stderr=asyncio.subprocess.DEVNULL,
+                    )
+                )  # fmt: skip
+                lbs.append(LB(None, path, port, admin_port))  # type: ignore[arg-type]
+
+            async def all_answer(port: int, tries: int = 6) -> bool:
+                for lb in lbs:  # fresh connections: the tree's kernel spreads them over workers
+                    for _ in range(tries):
+                        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                            if await answered_by(lb) == port:
+                                continue
+                        return False
+                return True
+
+            deadline = time.monotonic() + 30
+            while not await all_answer(a.port):
+                assert time.monotonic() < deadline, "the processes did not start"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # every worker's watch is parked on the prefix's index
+            start = time.monotonic()
+            put(consul, "10-services", services_doc(b))
+            while not await all_answer(b.port):
+                assert time.monotonic() - start < 10, "not followed"
+                await asyncio.sleep(0.02)
+            assert time.monotonic() - start < FOLLOW
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                await asyncio.wait_for(proc.wait(), 30)
 
 
 # -- lb check ------------------------------------------------------------------------------------
