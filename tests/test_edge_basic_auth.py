@@ -5,6 +5,7 @@ a flood of wrong passwords that leaves other clients alone, config errors, reloa
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from pathlib import Path
@@ -92,6 +93,35 @@ async def test_forward_authorization_and_the_verification_cache(
             assert [s.header("authorization") for s in be.seen] == ["Basic YWxpY2U6czNjcmV0"] * 6
 
 
+async def test_many_connections_with_the_same_credentials_share_one_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client opening many connections at once (a browser, a pool, wrk) sends the same
+    header on each: one bcrypt verification answers them all, none is turned away busy."""
+    pw = await htpasswd_file(tmp_path / "users", ("B", "alice", "s3cret"))
+    verified: list[bytes] = []
+    real = htpasswd.verify
+
+    def counting(password: bytes, hashed: str) -> bool:
+        verified.append(password)
+        return real(password, hashed)
+
+    monkeypatch.setattr(basic_auth.htpasswd, "verify", counting)
+    async with backends(1) as (be,):
+        text = lb_yaml(
+            [be.address], port=free_port(), admin_port=free_port(),
+            routes=routes(("private", "/", basic(pw))),
+        )  # fmt: skip
+        async with running_lb(tmp_path, text) as lb:
+            clients = [await Client.connect(lb.port) for _ in range(3 * basic_auth.MAX_PENDING)]
+            auth = "authorization: Basic YWxpY2U6czNjcmV0\r\n"  # alice:s3cret
+            answers = await asyncio.gather(*(c.request(headers=auth) for c in clients))
+            for c in clients:
+                c.close()
+            assert [r.status for r in answers] == [200] * len(clients)
+            assert verified == [b"s3cret"]
+
+
 async def test_a_flood_of_wrong_passwords_does_not_stall_other_clients(tmp_path: Path) -> None:
     # Cost 10: each wrong password keeps a verification thread busy for tens of milliseconds.
     pw = tmp_path / "users"
@@ -105,20 +135,22 @@ async def test_a_flood_of_wrong_passwords_does_not_stall_other_clients(tmp_path:
             stop = asyncio.Event()
             statuses: list[int] = []
 
-            async def flood() -> None:
+            async def flood(i: int) -> None:
                 client = await Client.connect(lb.port)
                 try:
-                    for _ in range(200):  # bounded; `stop` ends it sooner
+                    for j in range(200):  # bounded; `stop` ends it sooner
                         if stop.is_set():
                             return
+                        # a different wrong password each time: nothing to share a check with
+                        wrong = base64.b64encode(f"alice:nope-{i}-{j}".encode()).decode()
                         r = await client.request(
-                            path="/private", headers="authorization: Basic YWxpY2U6bm9wZQ==\r\n"
+                            path="/private", headers=f"authorization: Basic {wrong}\r\n"
                         )
                         statuses.append(r.status)
                 finally:
                     client.close()
 
-            flooders = [asyncio.create_task(flood()) for _ in range(48)]
+            flooders = [asyncio.create_task(flood(i)) for i in range(48)]
             await asyncio.sleep(0.3)  # the flood is under way
             other = await Client.connect(lb.port)
             worst = 0.0

@@ -9,6 +9,7 @@ from lb.proxy.headers cimport RequestInfo
 @cython.final
 cdef class BasicAuthPolicy:
     cdef public dict cache
+    cdef public dict pending
     cdef public object challenge
     cdef public str name
     cdef public bint strip

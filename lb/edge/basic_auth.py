@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,7 @@ class Verifier:
 class BasicAuthPolicy:
     """One route's basic auth: its users, and the credentials it verified lately."""
 
-    __slots__ = ("cache", "challenge", "name", "strip", "ttl", "users", "verifier")
+    __slots__ = ("cache", "challenge", "name", "pending", "strip", "ttl", "users", "verifier")
 
     def __init__(self, cfg: BasicAuth, users: dict[bytes, str], verifier: Verifier) -> None:
         self.name = "basic_auth"
@@ -86,6 +87,7 @@ class BasicAuthPolicy:
             [(b"www-authenticate", f'Basic realm="{realm}"'.encode())],
         )
         self.cache: dict[int, float] = {}  # hash() of the header -> when it expires
+        self.pending: dict[int, asyncio.Future[bool]] = {}  # verifications under way
 
     def check(self, ex: Exchange) -> Verdict:
         value = ex.info.authorization
@@ -103,10 +105,19 @@ class BasicAuthPolicy:
             return self.challenge
         user, password = credentials
         hashed = self.users.get(user)
-        fut = self.verifier.submit(ex.client.loop, password, hashed or htpasswd.DUMMY)
+        # One verification per credential at a time: a client opening many connections at
+        # once (a browser, a pool) sends the same header on each, and all of them wait for it.
+        fut = self.pending.get(key)
         if fut is None:
-            return _BUSY
+            fut = self.verifier.submit(ex.client.loop, password, hashed or htpasswd.DUMMY)
+            if fut is None:
+                return _BUSY
+            self.pending[key] = fut
+            fut.add_done_callback(partial(self._verified, key))
         return self._settle(ex, fut, key, hashed is not None)
+
+    def _verified(self, key: int, fut: asyncio.Future[bool]) -> None:
+        self.pending.pop(key, None)
 
     async def _settle(
         self, ex: Exchange, fut: asyncio.Future[bool], key: int, known: bool
