@@ -63,18 +63,24 @@ async def test_curl_users_of_every_hash_kind_and_the_401_challenge(tmp_path: Pat
             assert [x["status"] for x in lines[3:]] == [401] * 3
 
 
-async def test_forward_authorization_and_the_verification_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pw = await htpasswd_file(tmp_path / "users", ("B", "alice", "s3cret"))
-    verified: list[bytes] = []
+@pytest.fixture
+def verified(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The passwords the verifier threads check, in order."""
+    seen: list[bytes] = []
     real = htpasswd.verify
 
     def counting(password: bytes, hashed: str) -> bool:
-        verified.append(password)
+        seen.append(password)
         return real(password, hashed)
 
     monkeypatch.setattr(basic_auth.htpasswd, "verify", counting)
+    return seen
+
+
+async def test_forward_authorization_and_the_verification_cache(
+    tmp_path: Path, verified: list[bytes]
+) -> None:
+    pw = await htpasswd_file(tmp_path / "users", ("B", "alice", "s3cret"))
     async with backends(1) as (be,):
         text = lb_yaml(
             [be.address], port=free_port(), admin_port=free_port(),
@@ -94,19 +100,11 @@ async def test_forward_authorization_and_the_verification_cache(
 
 
 async def test_many_connections_with_the_same_credentials_share_one_verification(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, verified: list[bytes]
 ) -> None:
     """A client opening many connections at once (a browser, a pool, wrk) sends the same
     header on each: one bcrypt verification answers them all, none is turned away busy."""
     pw = await htpasswd_file(tmp_path / "users", ("B", "alice", "s3cret"))
-    verified: list[bytes] = []
-    real = htpasswd.verify
-
-    def counting(password: bytes, hashed: str) -> bool:
-        verified.append(password)
-        return real(password, hashed)
-
-    monkeypatch.setattr(basic_auth.htpasswd, "verify", counting)
     async with backends(1) as (be,):
         text = lb_yaml(
             [be.address], port=free_port(), admin_port=free_port(),

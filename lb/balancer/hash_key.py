@@ -7,7 +7,7 @@ whose `ClientIp` is `client_ip` here too: the same client behind `trusted_proxie
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..config.balance_model import HashOn
 from ..traffic.admission import ClientIp, TrustedProxies
@@ -30,11 +30,12 @@ def cookie_value(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-class HashKey:
+class HashKey(Protocol):
+    """What a service hashes on: the request's key, None when it has none."""
+
     __slots__ = ()
 
-    def of(self, ex: Exchange) -> bytes | None:
-        raise NotImplementedError
+    def of(self, ex: Exchange) -> bytes | None: ...
 
 
 class HeaderKey(HashKey):
