@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from ..config import balance_model
 from .backend import Backend
-from .hash_key import Headers, cookie_value
+from .hash_key import cookie_value
 
 Header = tuple[bytes, bytes]
 ID_BYTES = 9
@@ -59,6 +59,6 @@ class Affinity:
             headers[b] = (b"set-cookie", self.name + b"=" + bid + self.attributes)
         self.backends, self.headers = ids, headers
 
-    def requested(self, headers: Headers) -> bytes | None:
-        """The id the request's cookie names, if it has the cookie."""
-        return cookie_value(headers, self.name)
+    def requested(self, cookie: bytes | None) -> bytes | None:
+        """The id the request's Cookie values (`RequestInfo.cookie`) name, if any."""
+        return cookie_value(cookie, self.name)

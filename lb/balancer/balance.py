@@ -200,7 +200,7 @@ class Balance:
         if aff is None:
             return self._choose(ex, now, tried)
         svc = self.service
-        wanted = aff.requested(ex.info.forward)
+        wanted = aff.requested(ex.info.cookie)
         if wanted is not None:
             b = aff.backends.get(wanted)
             if b is not None and b.eligible(now) and (tried is None or b not in tried):

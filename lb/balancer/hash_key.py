@@ -10,23 +10,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from ..config.balance_model import HashOn
+from ..proxy.headers import lower_name
 from ..traffic.admission import ClientIp, TrustedProxies
 
 if TYPE_CHECKING:
     from ..proxy.exchange import Exchange
 
-Headers = list[tuple[bytes, bytes]]
 
-
-def cookie_value(headers: Headers, name: bytes) -> bytes | None:
-    """The first value of cookie `name` in the request's Cookie headers."""
+def cookie_value(cookie: bytes | None, name: bytes) -> bytes | None:
+    """The first value of cookie `name` in the request's Cookie values, as the head analysis
+    noted them (`RequestInfo.cookie`, several headers joined)."""
+    if cookie is None:
+        return None
     prefix = name + b"="
-    for n, v in headers:
-        if len(n) == 6 and n.lower() == b"cookie":
-            for part in v.split(b";"):
-                part = part.strip()
-                if part.startswith(prefix):
-                    return part[len(prefix) :]
+    for part in cookie.split(b";"):
+        part = part.strip()
+        if part.startswith(prefix):
+            return part[len(prefix) :]
     return None
 
 
@@ -47,7 +47,7 @@ class HeaderKey(HashKey):
     def of(self, ex: Exchange) -> bytes | None:
         name = self.name
         for n, v in ex.info.forward:
-            if n.lower() == name:
+            if lower_name(n) == name:
                 return v
         return None
 
@@ -59,7 +59,7 @@ class CookieKey(HashKey):
         self.name = name.encode("latin-1")
 
     def of(self, ex: Exchange) -> bytes | None:
-        return cookie_value(ex.info.forward, self.name)
+        return cookie_value(ex.info.cookie, self.name)
 
 
 class QueryKey(HashKey):
