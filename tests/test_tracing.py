@@ -12,7 +12,7 @@ from aiohttp import web
 from conftest import Client, backends, free_port, lb_yaml, running_lb, serve_app
 
 from lb.config import ConfigError, load
-from lb.proxy.headers import RequestInfo
+from lb.proxy.headers import RequestInfo, analyze_request
 from lb.tracing.context import Propagator, parse_traceparent
 
 pb = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
@@ -178,19 +178,36 @@ def test_new_traces_sample_like_opentelemetry_trace_id_ratio():
 
 def test_header_names_any_case_and_tracestate_joined():
     tracer = Propagator(0.0)
-    info = RequestInfo()
-    info.forward = [
-        (b"TraceParent", f"00-{TRACE}-{PARENT}-01".encode()),
-        (b"accept", b"*/*"),
-        (b"TRACESTATE", b"a=1"),
-        (b"tracestate", b" b=2 "),
-    ]
+    info = analyze_request(
+        [
+            (b"TraceParent", f"00-{TRACE}-{PARENT}-01".encode()),
+            (b"accept", b"*/*"),
+            (b"TRACESTATE", b"a=1"),
+            (b"tracestate", b" b=2 "),
+        ]
+    )
+    assert info.trace_headers
     tracer.begin(info)
     names = [n for n, _ in info.forward]
     assert names == [b"accept", b"tracestate", b"traceparent"]
     assert info.forward[1] == (b"tracestate", b"a=1,b=2")
     assert info.trace.trace_id == TRACE.encode() and info.trace.parent_id == PARENT.encode()
     assert info.trace.sampled  # the parent's flag, whatever the ratio
+
+
+def test_trace_headers_named_hop_by_hop_are_dropped_and_a_trace_starts():
+    tracer = Propagator(0.0)
+    info = analyze_request(
+        [
+            (b"traceparent", f"00-{TRACE}-{PARENT}-01".encode()),
+            (b"connection", b"traceparent"),
+            (b"accept", b"*/*"),
+        ]
+    )
+    assert not info.trace_headers
+    tracer.begin(info)
+    assert [n for n, _ in info.forward] == [b"accept", b"traceparent"]
+    assert info.trace.parent_id is None and info.trace.trace_id != TRACE.encode()
 
 
 # -- through lb -------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ cdef class RequestInfo:
     cdef public object cookie
     cdef public list forward
     cdef public object trace
+    cdef public bint trace_headers
 
 
 @cython.final
@@ -42,6 +43,7 @@ cdef list _LENGTH_LINES
 cdef dict _LOWER
 cdef frozenset HOP_BY_HOP
 cdef frozenset CREDENTIALS
+cdef frozenset TRACE_CONTEXT
 cdef frozenset _SPECIAL
 cdef bytes _REQUEST_FILTER
 cdef bytes _RESPONSE_FILTER

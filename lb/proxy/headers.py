@@ -31,7 +31,10 @@ OVERRIDDEN = frozenset(
 # Forwarded as they are, and noted on the way for the edge policies (basic auth, JWT), so that
 # those do not scan the headers again.
 CREDENTIALS = frozenset({b"authorization", b"cookie"})
-_SPECIAL = HOP_BY_HOP | OVERRIDDEN | CREDENTIALS | {b"expect"}
+# Forwarded as they are and noted for tracing (lb/tracing/context.py), which rewrites them
+# only when a request carries them.
+TRACE_CONTEXT = frozenset({b"traceparent", b"tracestate"})
+_SPECIAL = HOP_BY_HOP | OVERRIDDEN | CREDENTIALS | TRACE_CONTEXT | {b"expect"}
 
 
 def _name_filter(names: frozenset[bytes]) -> bytes:
@@ -91,6 +94,7 @@ class RequestInfo:
         "host",
         "request_id",
         "trace",
+        "trace_headers",
         "upgrade",
         "xff",
     )
@@ -110,6 +114,7 @@ class RequestInfo:
         self.cookie: bytes | None = None
         self.forward: list[tuple[bytes, bytes]] = []
         self.trace: TraceContext | None = None  # with tracing on (lb/tracing/context.py)
+        self.trace_headers = False  # a traceparent or tracestate is among `forward`
 
 
 def analyze_request(headers: list[tuple[bytes, bytes]]) -> RequestInfo:
@@ -176,6 +181,9 @@ def analyze_request(headers: list[tuple[bytes, bytes]]) -> RequestInfo:
         elif lname == b"cookie":
             info.cookie = value if info.cookie is None else info.cookie + b"; " + value
             forward.append(item)
+        elif lname == b"traceparent" or lname == b"tracestate":
+            info.trace_headers = True
+            forward.append(item)
         # te, trailer, keep-alive, proxy-connection, x-forwarded-proto/host: dropped
     if named:
         info.forward = [h for h in forward if h[0].lower() not in named]
@@ -183,6 +191,11 @@ def analyze_request(headers: list[tuple[bytes, bytes]]) -> RequestInfo:
             info.authorization = None
         if b"cookie" in named:
             info.cookie = None
+        if info.trace_headers and not named.isdisjoint(TRACE_CONTEXT):
+            info.trace_headers = False
+            for item in info.forward:
+                if item[0].lower() in TRACE_CONTEXT:
+                    info.trace_headers = True
     if info.request_id is None:
         info.request_id = b"%b-%x" % (_ID_PREFIX, next(_ids))
     return info

@@ -24,8 +24,7 @@ cdef class Propagator:
     @cython.locals(z=uint64_t)
     cdef uint64_t _next(self)
     @cython.locals(
-        forward=list, item=tuple, name=bytes, n=Py_ssize_t, buf=bytearray, low=uint64_t,
-        sampled=bint, header=bytes,
+        buf=bytearray, low=uint64_t, sampled=bint, header=bytes,
     )
     cpdef begin(self, RequestInfo info)
     @cython.locals(parents=list, states=list, rest=list, item=tuple, header=bytes)
@@ -39,7 +38,6 @@ cdef bytes TRACEPARENT
 cdef bytes TRACESTATE
 cdef bytes _ZERO_TRACE
 cdef bytes _ZERO_SPAN
-cdef long _T
 cdef bytes _TEMPLATE
 cdef bytes _DIGITS
 cdef long _ONE

@@ -3,9 +3,10 @@ started, the sampling decided, and the backend handed lb's own `traceparent`.
 
 `Propagator.begin(info)` runs once per request head while tracing is on (the client sides
 call it right after `analyze_request`, HTTP/1.1 and HTTP/2 alike), and only then: with tracing
-off, `Runtime.tracer` is None and nothing here runs. It costs one look at each header's length
-and first letter, three random numbers and one formatting; only a request that carries trace
-headers takes the slow path that parses and rebuilds its header list.
+off, `Runtime.tracer` is None and nothing here runs. It costs three random numbers and one
+formatting: the head analysis notes whether trace headers came (`RequestInfo.trace_headers`),
+and only a request that carries them takes the slow path that parses and rebuilds its header
+list.
 
 A valid `traceparent` (version 00 exactly as specified; a later version by its first four
 fields; version ff, upper-case hex, all-zero ids or a wrong length are invalid) continues its
@@ -27,7 +28,6 @@ TRACESTATE = b"tracestate"
 _FIELDS = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
-_T = 116  # "t"; a header name's first byte | 32 folds "T" onto it
 # lb's traceparent, written digit by digit into a copy (compiled, a C loop: a tenth of what
 # formatting three ints with bytes % costs); the ids are read back from it when needed.
 _TEMPLATE = b"00-00000000000000000000000000000000-0000000000000000-00"
@@ -105,15 +105,9 @@ class Propagator:
         return (z ^ (z >> 31)) or 1  # never an all-zero id
 
     def begin(self, info: RequestInfo) -> None:
-        forward = info.forward
-        for item in forward:
-            name = item[0]
-            n = len(name)
-            if (n == 11 or n == 10) and (name[0] | 32) == _T:
-                lname = lower_name(name)
-                if lname in (TRACEPARENT, TRACESTATE):
-                    self._continue(info)
-                    return
+        if info.trace_headers:  # noted by the head analysis (lb/proxy/headers.py)
+            self._continue(info)
+            return
         buf = bytearray(_TEMPLATE)
         _hex(buf, 3, self._next())
         low = self._next()
@@ -124,7 +118,7 @@ class Propagator:
             buf[54] = _ONE
         header = bytes(buf)
         info.trace = TraceContext(header, None, sampled, None)
-        forward.append((TRACEPARENT, header))
+        info.forward.append((TRACEPARENT, header))
 
     def _continue(self, info: RequestInfo) -> None:
         """The slow path: a request with trace headers; its header list is rebuilt."""
@@ -141,6 +135,7 @@ class Propagator:
                 rest.append(item)
         # Two traceparent headers name no single parent: invalid, as the spec has it.
         parsed = parse_traceparent(parents[0]) if len(parents) == 1 else None
+        info.trace_headers = False  # they are all in `parents` and `states` now
         if parsed is None:
             info.forward = rest
             self.begin(info)  # a new trace, without the invalid parent's tracestate
