@@ -105,13 +105,13 @@ def run_server(
 
     async def main() -> int:
         try:
-            successor, inherited = await take_over(upgrade_from)
+            successors, inherited = await take_over([upgrade_from] if upgrade_from else [])
         except (OSError, UpgradeError) as exc:
             logging.getLogger("lb.upgrade").error("cannot upgrade: %s", exc)
             return 1
         server = Server(config_path, loaded, inherited=inherited)  # type: ignore[arg-type]
         await server.start()
-        await complete(successor)
+        await complete(successors)
         listener = await offer_upgrades(server, upgrade_socket)
         if listener is not None:
             server.extensions.append(listener)
@@ -165,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--shm", default=None, help=argparse.SUPPRESS)
     run.add_argument("--control-fd", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--lifeline-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # More predecessors of a worker (lb/upgrade.py): an old tree had more workers.
+    run.add_argument(
+        "--also-upgrade-from", action="append", default=[], metavar="PATH", help=argparse.SUPPRESS
+    )
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a config")
     check.add_argument("-c", "--config", default=None, help="YAML file or directory")

@@ -45,21 +45,21 @@ def _check_log_file(path: str) -> None:
 async def prepare_listeners(
     configs: list[model.Listener],
     running: dict[Address, Acceptor],
-    make_acceptor: Callable[[socket.socket], Acceptor],
+    make_acceptor: Callable[[list[socket.socket]], Acceptor],
     reuse_port: bool,
     inherited: Inherited | None = None,
 ) -> ListenerPlan:
     """Everything `configs` needs, or an exception (OSError, ssl.SSLError, ValueError) whose
-    message names the listener; nothing running is touched either way. An address a
-    predecessor handed over (`inherited`, lb/upgrade.py) is served on its socket."""
+    message names the listener; nothing running is touched either way. An address whose
+    sockets predecessors handed over (`inherited`, lb/upgrade.py) is served on all of them."""
     plan = ListenerPlan(list(configs))
     loop = asyncio.get_running_loop()
     try:
         for cfg in configs:
             acceptor = running.get(cfg.bind)
-            sock = inherited.take(cfg.bind) if acceptor is None and inherited else None
-            if sock is not None:
-                acceptor = make_acceptor(sock)
+            socks = inherited.take(cfg.bind) if acceptor is None and inherited else []
+            if socks:
+                acceptor = make_acceptor(socks)
                 plan.bound.add(cfg.bind)
             if acceptor is None:
                 try:
@@ -70,7 +70,7 @@ async def prepare_listeners(
                         exc.errno,
                         f"listener {cfg.name}: cannot listen on {host}:{port}: {exc.strerror}",
                     ) from exc
-                acceptor = make_acceptor(sock)
+                acceptor = make_acceptor([sock])
                 plan.bound.add(cfg.bind)
             plan.acceptors[cfg.bind] = acceptor
             try:

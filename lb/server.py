@@ -98,7 +98,7 @@ class Server:
         return await prepare_listeners(
             configs,
             self.acceptors,
-            lambda sock: Acceptor(sock, self.loop, descriptors, errors),
+            lambda socks: Acceptor(socks, self.loop, descriptors, errors),
             self.reuse_port,
             self.inherited,
         )
@@ -209,7 +209,9 @@ class Server:
 
     # -- upgrades (lb/upgrade.py) -----------------------------------------------------------------
     def handover_sockets(self) -> Offer:
-        listeners = [(address, acc.sock) for address, acc in self.acceptors.items()]
+        listeners = [
+            (address, sock) for address, acc in self.acceptors.items() for sock in acc.socks
+        ]
         admin = self.admin.listening_socket() if self.admin is not None else None
         return listeners, admin, {}
 

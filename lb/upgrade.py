@@ -6,7 +6,8 @@ be upgraded in turn) takes over like this, one message per SOCK_SEQPACKET packet
 
     new -> old   {"op": "hello", "pid": ...}
     old -> new   {"op": "sockets", "listeners": [[host, port], ...], "admin": [host, port]}
-                 with the listening sockets themselves (SCM_RIGHTS), the admin port's last
+                 with the listening sockets themselves (SCM_RIGHTS), in the order of
+                 "listeners" (an address once per socket), the admin port's last
     new          starts: the same sockets accept in both processes, so no connection is
                  refused and none waiting in a backlog is lost
     new -> old   {"op": "ready"}
@@ -22,13 +23,21 @@ keep-alive connections get `Connection: close` on their next response (or are cl
 idle past the grace), so their clients reconnect to the new process.
 
 With `--workers N` the supervisors hand over the admin port and tell each other where their
-workers serve upgrades (`"workers": [PATH.w0, ...]` in the sockets message): new worker i
-takes over from old worker i by the same exchange, before the new supervisor says "ready".
-Meanwhile the old supervisor restarts none of its workers that leave (they drain once their
-successor serves), unless the upgrade is abandoned. An old tree with more workers than the new
-one stops its extra workers, whose listening sockets then close (the kernel resets what waits
-in their backlog; keep the count when upgrading). The two trees do not share in-flight counts
-or in-process rate-limit state while both run.
+workers serve upgrades (`"workers": [PATH.w0, ...]` in the sockets message), and the workers
+hand over their listening sockets by the same exchange, one connection per old worker, before
+the new supervisor says "ready" (`{"op": "ready", "workers": W}`: W old workers have a
+successor). New worker i is the successor of old workers i, i+N, i+2N, ... (its supervisor
+passes it `--upgrade-from PATH.wi --also-upgrade-from PATH.w(i+N) ...`): it takes each one's
+sockets in turn, starts accepting on all of them (an address may come once per socket, from
+one predecessor or several), and only then says "ready" to each. So an old tree with more
+workers than the new one closes none of its listening sockets: each old worker's pass to
+exactly one new worker, which hands them all over again at the next upgrade; nothing waiting
+in a backlog is reset and no connection hashed to one of them is refused. New workers beyond
+the old count open their own sockets (SO_REUSEPORT), as on a first start. A new worker that
+fails before its "ready" changes nothing for its predecessors; one that cannot take over
+from all of them gives up on all. Meanwhile the old supervisor restarts none of its workers
+that leave (they drain once their successor serves), unless the upgrade is abandoned. The
+two trees do not share in-flight counts or in-process rate-limit state while both run.
 
 Under systemd the successor tells the service manager that it is the main process now
 (`sd_notify`: MAINPID and READY=1, with `NotifyAccess=all`), so the unit keeps running when
@@ -60,20 +69,25 @@ _MAX_FDS = 1024
 
 @dataclass
 class Inherited:
-    """The listening sockets a predecessor handed over, taken as a config needs them."""
+    """The listening sockets predecessors handed over, taken as a config needs them."""
 
-    listeners: dict[Address, socket.socket] = field(default_factory=dict)
+    listeners: dict[Address, list[socket.socket]] = field(default_factory=dict)
     admin: socket.socket | None = None
     workers: list[str] = field(default_factory=list)  # a supervisor's: its workers' paths
 
-    def take(self, address: Address) -> socket.socket | None:
-        return self.listeners.pop(address, None)
+    def take(self, address: Address) -> list[socket.socket]:
+        return self.listeners.pop(address, [])
 
     def close_unused(self) -> None:
-        """The predecessor's sockets that the new config does not listen on."""
-        for address, sock in self.listeners.items():
+        """The predecessors' sockets that the new config does not listen on."""
+        for address in self.listeners:
             log.info("not listening on %s:%d any more (not in the config)", *address)
-            sock.close()
+        self.close()
+
+    def close(self) -> None:
+        for socks in self.listeners.values():
+            for sock in socks:
+                sock.close()
         self.listeners.clear()
         if self.admin is not None:
             self.admin.close()
@@ -125,8 +139,8 @@ class Successor:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock.settimeout(HANDSHAKE_TIMEOUT)
 
-    def take_sockets(self) -> Inherited:
-        """Blocking: connect, say hello, receive the listening sockets."""
+    def take_sockets(self, inherited: Inherited) -> None:
+        """Blocking: connect, say hello, receive the listening sockets into `inherited`."""
         try:
             self.sock.connect(self.path)
         except OSError as exc:
@@ -140,15 +154,15 @@ class Successor:
                 os.close(fd)
             raise UpgradeError("the sockets handed over do not match their addresses")
         workers = message.get("workers") or []
-        inherited = Inherited(
-            workers=[str(w) for w in workers] if isinstance(workers, list) else []
-        )
+        if isinstance(workers, list):
+            inherited.workers = [str(w) for w in workers]
         for (host, port), fd in zip(listeners, fds, strict=False):
-            inherited.listeners[(str(host), int(port))] = _listening(fd)
+            inherited.listeners.setdefault((str(host), int(port)), []).append(_listening(fd))
         if admin is not None:
+            if inherited.admin is not None:  # one admin port: the last predecessor's
+                inherited.admin.close()
             inherited.admin = _listening(fds[-1])
         log.info("took %d listening sockets over from pid %s", len(fds), message.get("pid", "?"))
-        return inherited
 
     def finish(self, workers: int | None = None) -> None:
         """Blocking: tell the predecessor this lb serves, wait until it has stopped accepting.
@@ -274,24 +288,39 @@ class UpgradeListener:
 
 
 # -- the steps of a start, for `lb run` and each worker ------------------------------------------
-async def take_over(path: str | None) -> tuple[Successor | None, Inherited | None]:
-    """The predecessor's sockets when `path` is given; raises UpgradeError or OSError."""
-    if not path:
-        return None, None
-    successor = Successor(path)
-    inherited = await asyncio.get_running_loop().run_in_executor(None, successor.take_sockets)
-    return successor, inherited
-
-
-async def complete(successor: Successor | None, workers: int | None = None) -> None:
-    """Once this lb serves: the predecessor stops accepting."""
-    if successor is None:
-        return
+async def take_over(paths: list[str]) -> tuple[list[Successor], Inherited | None]:
+    """The sockets of the predecessors serving upgrades at `paths`, all in one Inherited
+    (None without a path). Raises UpgradeError or OSError when one of them cannot hand over,
+    having let go of the others before saying "ready": they carry on as they were."""
+    if not paths:
+        return [], None
+    loop = asyncio.get_running_loop()
+    successors: list[Successor] = []
+    inherited = Inherited()
     try:
-        await asyncio.get_running_loop().run_in_executor(None, successor.finish, workers)
-    except (OSError, UpgradeError) as exc:
-        # Both accept now; the predecessor drains by itself once it has read "ready".
-        log.warning("upgrade hand-over: %s", exc)
+        for path in paths:
+            successors.append(Successor(path))
+            await loop.run_in_executor(None, successors[-1].take_sockets, inherited)
+    except BaseException:
+        for successor in successors:
+            successor.sock.close()
+        inherited.close()
+        raise
+    return successors, inherited
+
+
+async def complete(successors: list[Successor], workers: int | None = None) -> None:
+    """Once this lb serves: its predecessors stop accepting."""
+    loop = asyncio.get_running_loop()
+
+    async def finish(successor: Successor) -> None:
+        try:
+            await loop.run_in_executor(None, successor.finish, workers)
+        except (OSError, UpgradeError) as exc:
+            # Both accept now; the predecessor drains by itself once it has read "ready".
+            log.warning("upgrade hand-over with %s: %s", successor.path, exc)
+
+    await asyncio.gather(*(finish(s) for s in successors))
 
 
 async def offer_upgrades(owner: Predecessor, path: str | None) -> UpgradeListener | None:

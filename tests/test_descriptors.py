@@ -119,7 +119,7 @@ async def test_emfile_pauses_accepting_counts_and_logs_once(caplog):
     sock.setblocking(False)
     peer = socket.create_connection(sock.getsockname())  # keeps the socket readable
     errors: defaultdict[tuple[str, ...], int] = defaultdict(int)
-    acceptor = Acceptor(sock, loop, Descriptors(1 << 16), errors)
+    acceptor = Acceptor([sock], loop, Descriptors(1 << 16), errors)
     with caplog.at_level(logging.ERROR, logger="lb.proxy"):
         acceptor.serve("web", lambda conn: pytest.fail("nothing can be accepted"))
         await asyncio.sleep(0.55)

@@ -242,14 +242,14 @@ async def test_a_ca_change_reloads_without_rebinding(tmp_path: Path, pki: dict) 
         port, admin = free_port(), free_port()
         async with running_lb(tmp_path, config(port, admin, be.address, pki, "require")) as lb:
             acceptor = lb.server.acceptors[("127.0.0.1", port)]
-            sock = acceptor.sock
+            socks = acceptor.socks
             assert await tls_get(port, client_ctx(pki, "alice")) == 200
             assert await refused(port, client_ctx(pki, "mallory"))
             text = config(port, admin, be.address, pki, "require", ca=pki["stranger_ca_file"])
             lb.config_path.write_text(text)
             ok, errors = await lb.server.reload()
             assert ok, errors
-            assert lb.server.acceptors[("127.0.0.1", port)].sock is sock  # never rebound
+            assert lb.server.acceptors[("127.0.0.1", port)].socks is socks  # never rebound
             assert await tls_get(port, client_ctx(pki, "mallory")) == 200
             assert await refused(port, client_ctx(pki, "alice"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -15,6 +16,8 @@ import pytest
 from aiohttp import web
 from conftest import Client, free_port, lb_yaml, serve_app
 from procs import LbProcess
+
+from lb.upgrade import UpgradeError, take_over
 
 CONNECTIONS = 64
 UPGRADES = 10
@@ -46,18 +49,21 @@ async def app_backend(release: asyncio.Event) -> AsyncIterator[str]:
 
 class Load:
     """Keep-alive clients sending requests back to back; a `Connection: close` answer (what
-    a draining lb sends) makes a client reconnect, as HTTP clients do."""
+    a draining lb sends) makes a client reconnect, as HTTP clients do. A `fresh` client opens
+    a new connection for each request."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.ok = 0
-        self.failed: list[str] = []
+        self.failed: list[str] = []  # resets included
         self.refused = 0
         self.reconnects = 0
+        self.fresh = 0  # connections a fresh client opened and got its answer on
         self.stop = asyncio.Event()
 
-    async def client(self) -> None:
+    async def client(self, fresh: bool = False) -> None:
         conn: Client | None = None
+        headers = "connection: close\r\n" if fresh else ""
         while not self.stop.is_set():
             if conn is None:
                 try:
@@ -67,7 +73,7 @@ class Load:
                     await asyncio.sleep(0.01)
                     continue
             try:
-                resp = await conn.request("GET", "/")
+                resp = await conn.request("GET", "/", headers=headers)
             except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 self.failed.append(repr(exc))
                 conn.close()
@@ -77,10 +83,13 @@ class Load:
                 self.ok += 1
             else:
                 self.failed.append(f"{resp.status} {resp.body[:40]!r}")
-            if resp.header("connection") == "close":
+            if fresh:
+                self.fresh += 1
+            elif resp.header("connection") == "close":
+                self.reconnects += 1
+            if fresh or resp.header("connection") == "close":
                 conn.close()
                 conn = None
-                self.reconnects += 1
         if conn is not None:
             conn.close()
 
@@ -155,8 +164,9 @@ async def test_ten_upgrades_under_load_refuse_and_fail_nothing(
 
 
 async def test_an_upgrade_that_fails_changes_nothing(tmp_path: Path) -> None:
-    """A successor whose config cannot serve (its admin port is taken) gives up before it
-    says ready: the running lb keeps its sockets and keeps serving upgrades."""
+    """A successor whose config cannot serve (a port is taken), or that cannot reach every
+    lb it would succeed, gives up before it says ready: the running lb keeps its sockets and
+    keeps serving upgrades."""
     release = asyncio.Event()
     release.set()
     port, admin = free_port(), free_port()
@@ -182,6 +192,15 @@ async def test_an_upgrade_that_fails_changes_nothing(tmp_path: Path) -> None:
             nobody = LbProcess(good, "--upgrade-from", str(tmp_path / "nobody.sock"))
             assert nobody.proc.wait(20) == 1
             assert "no lb to upgrade from" in nobody.output()
+            # A worker succeeding two lbs lets go of the first when the second is not there.
+            abandoned = first.output().count("upgrade abandoned, still serving")
+            with pytest.raises(UpgradeError, match="no lb to upgrade from"):
+                await take_over([sock, str(tmp_path / "nobody.sock")])
+            await wait_for(
+                lambda: first.output().count("upgrade abandoned, still serving") > abandoned,
+                10,
+                "the first lb saw the successor go",
+            )
             async with http.get(f"http://127.0.0.1:{port}/") as r:
                 assert r.status == 200
             assert first.proc.poll() is None
@@ -195,3 +214,100 @@ async def test_an_upgrade_that_fails_changes_nothing(tmp_path: Path) -> None:
                 second.stop()
         finally:
             first.stop()
+
+
+def listening_sockets(port: int) -> set[str]:
+    """The inodes of the sockets listening on `port` (/proc/net/tcp: state 0A)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(fields[9])
+    return found
+
+
+def sockets_of(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # an fd closed meanwhile
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except OSError:
+        return True
+
+
+async def test_fewer_workers_then_more_refuse_and_reset_nothing(tmp_path: Path) -> None:
+    """`--workers 3` to `--workers 2`: new worker 0 takes old worker 2's listening socket as
+    well as old worker 0's, so none closes; back to `--workers 3`: the new worker 2 opens its
+    own. Keep-alive clients and fresh connections throughout see nothing refused or reset."""
+    release = asyncio.Event()
+    release.set()
+    port, admin = free_port(), free_port()
+    sock = str(tmp_path / "lb.sock")
+    config = tmp_path / "lb.yaml"
+    async with app_backend(release) as backend, aiohttp.ClientSession() as http:
+
+        async def worker_pids() -> list[int]:
+            # A new connection: a kept-alive one would still reach the old supervisor.
+            url = f"http://127.0.0.1:{admin}/api/status"
+            async with http.get(url, headers={"Connection": "close"}) as r:
+                assert r.status == 200
+                return [w["pid"] for w in (await r.json())["workers"]]
+
+        config.write_text(lb_yaml([backend], port=port, admin_port=admin))
+        procs = [LbProcess(config, "--upgrade-socket", sock, "--workers", "3")]
+        load = Load(port)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            serving = f"serving upgrades at {sock}\n"
+            await wait_for(lambda: serving in procs[0].output(), 20, "first tree")
+            trees = [await worker_pids()]
+            assert len(listening_sockets(port)) == 3  # one per worker
+            tasks = [asyncio.create_task(load.client()) for _ in range(CONNECTIONS)]
+            tasks += [asyncio.create_task(load.client(fresh=True)) for _ in range(4)]
+            await asyncio.sleep(0.3)
+            for workers in ("2", "3"):
+                log = tmp_path / f"lb-{workers}.yaml"  # LbProcess logs beside its config's name
+                log.write_text(config.read_text())
+                new = LbProcess(
+                    log, "--upgrade-from", sock, "--upgrade-socket", sock, "--workers", workers
+                )
+                await wait_for(lambda new=new: serving in new.output(), 20, f"to {workers}")
+                procs.append(new)
+                trees.append(await worker_pids())
+                assert len(trees[-1]) == int(workers)
+                before, opened = load.ok, load.fresh
+                await wait_for(
+                    lambda b=before, o=opened: load.ok > b + 200 and load.fresh > o + 20,
+                    20,
+                    "load moved on",
+                )
+            for old in procs[:-1]:  # each tree drained and left on its own
+                assert await asyncio.to_thread(old.proc.wait, 20) == 0, old.output()
+            assert all(gone(pid) for tree in trees[:-1] for pid in tree)
+            before = load.ok
+            await wait_for(lambda: load.ok > before + 200, 20, "the last tree serves")
+            load.stop.set()
+            await asyncio.gather(*tasks)
+            assert load.failed == [] and load.refused == 0
+            assert load.reconnects >= CONNECTIONS and load.fresh > 40
+            # The three sockets of the first tree, and the one the last tree's worker 2
+            # opened: all held by the last tree, worker 0 holding old worker 2's too.
+            listening = listening_sockets(port)
+            held = [sockets_of(pid) & listening for pid in trees[-1]]
+            assert [len(h) for h in held] == [2, 1, 1]
+            assert set().union(*held) == listening
+        finally:
+            load.stop.set()
+            for task in tasks:
+                task.cancel()
+            for p in procs:
+                p.stop()

@@ -106,17 +106,22 @@ Handler = Callable[[socket.socket], None]
 
 
 class Acceptor:
-    """Accepts on one listening socket and hands each connection to `handler`. A reload can
-    move a socket to another listener (`handler` is reassigned): it is never rebound."""
+    """Accepts on the listening sockets of one address and hands each connection to
+    `handler`. A reload can move them to another listener (`handler` is reassigned): they are
+    never rebound. An address has several sockets after an upgrade made a worker the
+    successor of more than one (lb/upgrade.py): each is a member of the SO_REUSEPORT group
+    whose backlog the kernel fills, so each is accepted on until it is handed over again."""
 
     def __init__(
         self,
-        sock: socket.socket,
+        socks: list[socket.socket],
         loop: asyncio.AbstractEventLoop,
         descriptors: Descriptors,
         errors: dict[tuple[str, ...], int],
     ) -> None:
-        self.sock = sock
+        if not socks:
+            raise ValueError("an acceptor needs at least one listening socket")
+        self.socks = socks
         self.loop = loop
         self.descriptors = descriptors
         self.errors = errors  # (listener, reason) -> accept() failures
@@ -129,7 +134,7 @@ class Acceptor:
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.sock.getsockname()[:2]
+        host, port = self.socks[0].getsockname()[:2]
         return str(host), int(port)
 
     def serve(self, name: str, handler: Handler) -> None:
@@ -140,12 +145,14 @@ class Acceptor:
     def start(self) -> None:
         if not self.reading and not self.closed and self.handler is not None:
             self.reading = True
-            self.loop.add_reader(self.sock.fileno(), self._accept)
+            for sock in self.socks:
+                self.loop.add_reader(sock.fileno(), self._accept, sock)
 
     def stop(self) -> None:
         if self.reading:
             self.reading = False
-            self.loop.remove_reader(self.sock.fileno())
+            for sock in self.socks:
+                self.loop.remove_reader(sock.fileno())
 
     def close(self) -> None:
         self.stop()
@@ -153,9 +160,10 @@ class Acceptor:
         self.descriptors.waiting.discard(self)
         if self._retry is not None:
             self._retry.cancel()
-        self.sock.close()
+        for sock in self.socks:
+            sock.close()
 
-    def _accept(self) -> None:
+    def _accept(self, sock: socket.socket) -> None:
         d = self.descriptors
         handler = self.handler
         assert handler is not None
@@ -165,7 +173,7 @@ class Acceptor:
                 d.waiting.add(self)
                 return
             try:
-                conn, _ = self.sock.accept()
+                conn, _ = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:

@@ -71,15 +71,17 @@ async def _serve(args: Any, loaded: Loaded, segment: Segment) -> None:
     from ..server import Server
 
     loop = asyncio.get_running_loop()
-    # Worker i of a new tree takes over from worker i of the old one (lb/upgrade.py).
-    successor, inherited = await take_over(args.upgrade_from)
+    # Worker i of a new tree takes over from workers i, i + N, ... of the old one
+    # (lb/upgrade.py).
+    paths = [args.upgrade_from, *args.also_upgrade_from] if args.upgrade_from else []
+    successors, inherited = await take_over(paths)
     server = Server(args.config, loaded, reuse_port=True, inherited=inherited)
     server.admin_factory = PrivateAdmin
     await loop.connect_read_pipe(
         lambda: _Lifeline(server.stopping, segment), os.fdopen(args.lifeline_fd, "rb", buffering=0)
     )
     await server.start()
-    await complete(successor)
+    await complete(successors)
     listener = await offer_upgrades(server, args.upgrade_socket)
     if listener is not None:
         server.extensions.append(listener)

@@ -135,7 +135,9 @@ class Supervisor:
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> int:
         try:
-            successor, inherited = await take_over(self.upgrade_from)
+            successors, inherited = await take_over(
+                [self.upgrade_from] if self.upgrade_from else []
+            )
         except (OSError, UpgradeError) as exc:
             log.error("cannot upgrade: %s", exc)
             return 1
@@ -161,7 +163,8 @@ class Supervisor:
             self.started = True
             if started:
                 log.info("all %d workers serving", self.count)
-            await complete(successor, min(self.count, len(self.predecessors)))
+            # Each of the old tree's workers has one of this tree's as its successor (_spawn).
+            await complete(successors, len(self.predecessors))
             upgrades = await offer_upgrades(self, self.upgrade_socket)
             notify_systemd(f"MAINPID={os.getpid()}\nREADY=1")
             await self.stopping.wait()
@@ -252,8 +255,8 @@ class Supervisor:
         upgrade: list[str] = []
         if self.upgrade_socket:
             upgrade += ["--upgrade-socket", self._worker_socket(w.index)]
-        if not self.started and w.index < len(self.predecessors) and w.restarts == 0:
-            upgrade += ["--upgrade-from", self.predecessors[w.index]]
+        if not self.started and w.restarts == 0:
+            upgrade += self._predecessor_args(w.index)
         control_r, control_w = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -305,6 +308,17 @@ class Supervisor:
 
     def _worker_socket(self, index: int) -> str:
         return f"{self.upgrade_socket}.w{index}"
+
+    def _predecessor_args(self, index: int) -> list[str]:
+        """Worker `index` succeeds the old tree's workers index, index + count, ...: with
+        fewer workers than the old tree, the surplus ones' listening sockets pass on too
+        instead of closing (lb/upgrade.py). None of them for a worker beyond the old count."""
+        paths = self.predecessors[index :: self.count]
+        if not paths:
+            return []
+        return ["--upgrade-from", paths[0]] + [
+            arg for path in paths[1:] for arg in ("--also-upgrade-from", path)
+        ]
 
     # -- upgrades (lb/upgrade.py) -------------------------------------------------------------
     def handover_sockets(self) -> Offer:
