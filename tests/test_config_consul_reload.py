@@ -287,8 +287,18 @@ async def test_workers_follow_a_changed_config_source(tmp_path, consul):
                 assert time.monotonic() < deadline, f"not every worker answers from {port}"
                 await asyncio.sleep(0.05)
 
+        async def ready() -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with aiohttp.ClientSession() as s, s.get(lb.admin + "/readyz") as r:
+                    return r.status == 200  # every worker runs
+            return False
+
         try:
-            await until_all_answer(a.port, 30)
+            deadline = time.monotonic() + 30
+            while not await ready():
+                assert time.monotonic() < deadline, "the workers did not start"
+                await asyncio.sleep(0.1)
+            await until_all_answer(a.port, 5)
             path.write_text(local.replace(PREFIX, NEXT))
             code, body = await post_reload(lb.admin)
             assert code == 200, body
