@@ -206,14 +206,17 @@ async def test_a_local_edit_merges_with_the_documents_in_hand(tmp_path, consul):
             assert ok, errors
             assert lb.server.runtime.config.metrics.enabled is False
             assert len(lb.server.runtime.loaded.kv.documents) == 2
-            # A new source needs a restart: the documents in hand belong to the old one.
+            # A new source is read at once (tests/test_config_consul_reload.py moves to one);
+            # this one holds no keys, and a reload that would run on nothing is refused.
+            watch = lb.server.source.watch
             lb.config_path.write_text(local.replace(PREFIX, "lb/other/"))
             ok, errors = await lb.server.reload()
             assert not ok
             assert errors == [
-                f"{lb.config_path}:7:3: config_source: changed since lb started: "
-                "restart lb to follow it"
+                "consul:lb/other/:1:1: no keys under the prefix: an empty config source is "
+                "refused (a Consul that lost its data looks like this)"
             ]
+            assert lb.server.source.watch is watch and lb.server.source.source.prefix == PREFIX
 
 
 async def test_consul_down_keeps_the_config_and_shows_staleness(tmp_path, consul):

@@ -12,8 +12,16 @@ documents Consul gave. After every good apply the cache is rewritten.
 Consul unreachable: the watch backs off and retries, nothing changes, and the staleness shows
 in `/api/status` (`config_source.consul`) and in `lb_config_source_stale_seconds`.
 
-`config_source` is read once: a reload whose files change it (or add or remove it) is refused
-with the reason, since the documents in hand belong to the old source; restart lb to move.
+A reload follows a changed `config_source` as it follows any other setting. Whose files add or
+change it reads the new source's documents once, in the executor thread of the reload with a
+loop and a client of its own (as the boot does), bounded by RELOAD_READ_TIMEOUT; Consul
+unreachable, the new source's cache stands in, and without a usable one the reload is refused
+naming the config_source line. The merged config is validated like any reload, and only once
+it is applied does the watch move: the old watch and its client stop, a new one follows the new
+source (`reconfigure`). Removing config_source stops the watch: the config is the local files
+alone. A refused reload changes nothing: the old watch keeps going, and since every reload
+reads the files, edits under the old prefix apply again once the files name a source that can
+be read (or the old one again).
 """
 
 from __future__ import annotations
@@ -24,19 +32,24 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..config.errors import ConfigError, Mark, Problem
+from ..config.errors import ConfigError, Problem
 from ..config.kv import KvSnapshot, load_with_kv, read_cache, source_of, write_cache
 from ..config.load import Document, Loaded, load_documents, read_files
 from ..config.schema import marks
-from ..config.source_model import ConsulSource, kv_folder
+from ..config.source_model import ConfigSource, ConsulSource, kv_folder
 from .consul import ConsulClient, ConsulError
 from .kvwatch import KvWatch, read_prefix, settings_of
 
 log = logging.getLogger(__name__)
+
+# The whole one-shot read of a reload (connection, TLS, answer): a reload holds the reload lock
+# while it reads, and the supervisor of `lb run --workers N` waits 10 s for each worker's.
+RELOAD_READ_TIMEOUT = 5.0
 
 
 class SourceUnavailable(Exception):
@@ -50,7 +63,7 @@ async def load_from_source(path: str) -> Loaded:
     source = source_of(local)
     if source is None:
         return load_documents(local)
-    return await _with_kv(local, source.consul)
+    return load_with_kv(local, await _snapshot(source.consul, None, "start from"))
 
 
 def load_at_boot(path: str) -> Loaded:
@@ -60,15 +73,35 @@ def load_at_boot(path: str) -> Loaded:
     source = source_of(local)
     if source is None:
         return load_documents(local)
-    return asyncio.run(_with_kv(local, source.consul))
+    return load_with_kv(local, asyncio.run(_snapshot(source.consul, None, "start from")))
 
 
-async def _with_kv(local: list[Document], src: ConsulSource) -> Loaded:
+def load_for_reload(path: str) -> Loaded:
+    """What the supervisor of `lb run --workers N` validates a reload with: the files, and the
+    documents their config_source holds now (read as a worker reads a new source)."""
+    local = read_files(path)
+    return _load_reading(local, source_of(local))
+
+
+def _load_reading(local: list[Document], found: ConfigSource | None) -> Loaded:
+    """The files merged with what `found` holds now, read once in a loop of this thread (a
+    reload's executor thread: a client belongs to the loop it was made in), else from its
+    cache; neither: ConfigError naming the config_source line."""
+    if found is None:
+        return load_documents(local)
     try:
-        kv = await _read(src)
-    except ConsulError as exc:
-        kv = _from_cache(src, str(exc))
+        kv = asyncio.run(_snapshot(found.consul, RELOAD_READ_TIMEOUT, "reload from"))
+    except (SourceUnavailable, ValueError) as exc:
+        raise ConfigError([Problem(marks(found)[""], "config_source", str(exc))]) from exc
     return load_with_kv(local, kv)
+
+
+async def _snapshot(src: ConsulSource, timeout: float | None, purpose: str) -> KvSnapshot:
+    """What Consul holds under the prefix, else the cache ("start from" or "reload from")."""
+    try:
+        return await _read(src, timeout)
+    except ConsulError as exc:
+        return _from_cache(src, str(exc), purpose)
 
 
 def load_for_check(
@@ -87,37 +120,60 @@ def load_for_check(
     if src is None:
         return load_documents(local)
     try:
-        kv = asyncio.run(_read(src))
+        kv = asyncio.run(_read(src, None))
     except (ConsulError, ValueError) as exc:
         raise SourceUnavailable(str(exc)) from exc
     return load_with_kv(local, kv)
 
 
-async def _read(src: ConsulSource) -> KvSnapshot:
+async def _read(src: ConsulSource, timeout: float | None) -> KvSnapshot:
+    """One read of the prefix; timeout: a bound on all of it (None: the client's own)."""
     async with ConsulClient(settings_of(src)) as client:
-        return await read_prefix(client, src.prefix)
+        try:
+            async with asyncio.timeout(timeout):
+                return await read_prefix(client, src.prefix)
+        except TimeoutError:
+            raise ConsulError(
+                f"Consul at {client.address} did not answer within {timeout:g} s"
+            ) from None
 
 
-def _from_cache(src: ConsulSource, why: str) -> KvSnapshot:
+def _from_cache(src: ConsulSource, why: str, purpose: str) -> KvSnapshot:
     if src.cache is None:
-        raise SourceUnavailable(f"{why}, and config_source.consul has no cache to start from")
+        raise SourceUnavailable(f"{why}, and config_source.consul has no cache to {purpose}")
     try:
         kv = read_cache(src.cache, src.prefix)
     except ConfigError as exc:
         raise SourceUnavailable(f"{why}, and {exc}") from exc
     age = max(0.0, time.time() - kv.read_at)
     log.warning(
-        "%s: starting from the cached config at %s (index %d, read %.0f s ago)",
+        "%s: using the cached config at %s to %s (index %d, read %.0f s ago)",
         why,
         src.cache,
+        purpose,
         kv.index,
         age,
     )
     return kv
 
 
+@dataclass
+class _Move:
+    """A loaded config whose config_source is new, and the watch prepared for it (None: the
+    config has none any more); the watch moves when `Server.reload` has applied `loaded`."""
+
+    loaded: Loaded
+    source: ConsulSource | None
+    client: ConsulClient | None
+    watch: KvWatch | None
+
+
 class KvConfig:
-    """The Server extension following the config source; `load` is what Server.reload reads."""
+    """The Server extension following the config source; `load` is what Server.reload reads.
+
+    `source`, `client` and `watch` are those of the config in force (None without a source);
+    `booted_from_cache` says whether this source's first documents came from the cache (at
+    boot, or when a reload moved to it)."""
 
     def __init__(self, server: Any, loaded: Loaded) -> None:
         self.server = server
@@ -129,47 +185,72 @@ class KvConfig:
         self.booted_from_cache = loaded.kv is not None and loaded.kv.from_cache
         self.client: ConsulClient | None = None
         self.watch: KvWatch | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._watching: asyncio.Task[None] | None = None
+        self._following: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._cached: str | None = None  # digest of the documents the cache file holds
         self.cache_error: str | None = None
+        self._move: _Move | None = None  # set by load(), taken by reconfigure()
+        self._past_errors = 0  # failed reads of the sources followed before this one
+        self._stopped = False
 
     def load(self) -> Loaded:
         """The local files merged with the newest KV documents (in an executor thread)."""
+        self._move = None
         local = read_files(self.server.config_path)
         found = source_of(local)
         now = found.consul if found is not None else None
-        if now != self.source:
-            mark = marks(found)[""] if found is not None else Mark(local[0][0], 1, 1)
-            why = "changed since lb started: restart lb to follow it"
-            raise ConfigError([Problem(mark, "config_source", why)])
-        if self.latest is None:
-            return load_documents(local)
-        return load_with_kv(local, self.latest)
+        if now == self.source:
+            if self.latest is None:
+                return load_documents(local)
+            return load_with_kv(local, self.latest)
+        loaded = _load_reading(local, found)
+        # Prepared here, where a failure still refuses the reload; started once applied.
+        client: ConsulClient | None = None
+        watch: KvWatch | None = None
+        if now is not None:
+            client = ConsulClient(settings_of(now))
+            watch = self._watch(client, now.prefix)
+        self._move = _Move(loaded, now, client, watch)
+        return loaded
+
+    def _watch(self, client: ConsulClient, prefix: str) -> KvWatch:
+        def on_update(kv: KvSnapshot) -> None:
+            if watch is self.watch:  # an answer to a watch already replaced is not handed on
+                self._on_update(kv)
+
+        watch = KvWatch(client, prefix, on_update=on_update)
+        return watch
 
     # -- the Server extension interface ---------------------------------------------------------
     async def start(self) -> None:
+        self._following = asyncio.get_running_loop().create_task(self._follow())
+        observe = getattr(self.server.admin, "observe", None)
+        if observe is not None:
+            observe.registry.register(self)  # collects nothing while there is no source
         if self.source is None:
             return
         assert self.latest is not None
         self.client = ConsulClient(settings_of(self.source))
-        self.watch = KvWatch(self.client, self.source.prefix, on_update=self._on_update)
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self.watch.run()), loop.create_task(self._follow())]
-        observe = getattr(self.server.admin, "observe", None)
-        if observe is not None:
-            observe.registry.register(self)
+        self.watch = self._watch(self.client, self.source.prefix)
+        self._watching = asyncio.get_running_loop().create_task(self.watch.run())
         if not self.latest.from_cache:
             await self._write_cache(self.latest)
 
     async def reconfigure(self) -> None:
-        kv = self.server.runtime.loaded.kv
+        move, self._move = self._move, None
+        loaded = self.server.runtime.loaded
+        if move is not None and move.loaded is loaded:
+            await self._move_to(move)
+        kv = loaded.kv
         if kv is not None and kv.digest != self._cached:
             await self._write_cache(kv)
 
     async def stop(self) -> None:
         """Before the drain: no reload is worth starting any more."""
-        tasks, self._tasks = self._tasks, []
+        self._stopped = True
+        tasks = [t for t in (self._watching, self._following) if t is not None]
+        self._watching = self._following = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -180,6 +261,33 @@ class KvConfig:
             self.client = None
 
     # -- following Consul -----------------------------------------------------------------------
+    async def _move_to(self, move: _Move) -> None:
+        """The applied config names another source (or none): follow it from now on."""
+        old_task, old_client, old_watch = self._watching, self.client, self.watch
+        kv = move.loaded.kv
+        self.source, self.client, self.watch = move.source, move.client, move.watch
+        self.latest = kv
+        self.booted_from_cache = kv is not None and kv.from_cache
+        self._cached = kv.digest if kv is not None and kv.from_cache else None
+        self.cache_error = None
+        self._changed.clear()  # a change the old watch saw is no change of the new source
+        if old_watch is not None:
+            self._past_errors += old_watch.errors
+        self._watching = None
+        # A reload already under way when the shutdown began still applies, but starts nothing.
+        if self.watch is not None and not self._stopped:
+            self._watching = asyncio.get_running_loop().create_task(self.watch.run())
+        if old_task is not None:
+            old_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await old_task
+        if old_client is not None:
+            await old_client.close()
+        if self.client is None or self.source is None:
+            log.info("config_source removed: the config is the local files alone")
+        else:
+            log.info("config_source: following %r at %s", self.source.prefix, self.client.address)
+
     def _on_update(self, kv: KvSnapshot) -> None:
         changed = not kv.same_documents(self.latest)
         self.latest = kv
@@ -255,7 +363,9 @@ class KvConfig:
             value=self.stale_seconds(time.time()),
         )
         yield CounterMetricFamily(
-            "lb_config_source_errors", "Failed reads of the config source.", value=w.errors
+            "lb_config_source_errors",
+            "Failed reads of the config source (of every source followed since lb started).",
+            value=self._past_errors + w.errors,
         )
         if w.last_success is not None:
             yield GaugeMetricFamily(

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, Loaded
-from ..discovery.kvconfig import SourceUnavailable, load_at_boot
+from ..discovery.kvconfig import load_for_reload
 from ..shm import Layout, Segment
 from ..upgrade import (
     Offer,
@@ -367,14 +367,13 @@ class Supervisor:
     # -- reloads ------------------------------------------------------------------------------
     async def validate(self) -> tuple[Loaded | None, list[str]]:
         """The config as a worker reads it: the files, and the KV documents with a
-        config_source (each worker follows Consul itself; this is for the supervisor's own
-        settings and for the reload's answer)."""
+        config_source, read now as a worker reads a new source (each worker follows Consul
+        itself, and moves its watch when config_source changed; this is for the supervisor's
+        own settings and for the reload's answer)."""
         try:
-            loaded = await self.loop.run_in_executor(None, load_at_boot, self.config_path)
+            loaded = await self.loop.run_in_executor(None, load_for_reload, self.config_path)
         except ConfigError as exc:
             return None, [str(p) for p in exc.problems]
-        except SourceUnavailable as exc:
-            return None, [str(exc)]
         return loaded, []
 
     def running(self) -> list[Worker]:
