@@ -57,12 +57,23 @@ def extensions() -> list:
         Extension("lb._hashring", ["ext/hashring.pyx"], **common),
         Extension("lb._shm", ["ext/shm.pyx"], **common),
     ]
+    regenerate_after("ext/picker.pyx", "lb/_picker.pxd")
     try:
         compiled = cythonize(exts, language_level=3, quiet=True) + data_path(cythonize, Extension)
     except Exception as exc:
         print(f"WARNING: cythonize failed ({exc}); using the pure-Python picker.", file=sys.stderr)
         return []
     return compiled + h2_extension(cythonize, Extension)
+
+
+def regenerate_after(pyx: str, pxd: str) -> None:
+    """Cython regenerates a .pyx's C file when the .pxd beside it, of the same name, changes;
+    lb._picker's is named after the module instead (lb/_picker.pxd, where lb._hashring
+    cimports it from), so an edit there must drop the stale C file here. Left stale, the
+    picker would be built against the old layout that lb._hashring no longer reads."""
+    c_file = pyx[: -len(".pyx")] + ".c"
+    if os.path.exists(c_file) and os.path.getmtime(pxd) > os.path.getmtime(c_file):
+        os.remove(c_file)
 
 
 NGHTTP2_HEADER = "/usr/include/nghttp2/nghttp2.h"

@@ -6,8 +6,9 @@ Each size gets a table of equal-weight backends, every one eligible: a ring with
 nodes each (1.6M points at 10,000 backends), a Maglev table of 65,537 entries, or of 1,000,003
 at 10,000 backends (Envoy's advice: about 100 entries per backend). A lookup is
 `table.pick(key)` from Python, the key's XXH64 included, over 4,096 distinct 12-byte keys
-in turn. The bounded rows carry in-flight counts (two per backend, one backend at its bound)
-and a bound of 1.25, so the walk compares loads. "service" is the whole pick a request makes
+in turn. The bounded rows carry in-flight counts in the table's picker (two per backend, one
+backend at its bound) and a bound of 1.25, so the walk compares loads; the compiled table reads
+a compiled picker, the twin a twin one. "service" is the whole pick a request makes
 (`Balance.pick`: key read from the headers, lookup, Picker.take, Service.admit, and the
 release afterwards). Reported: median over the repeats of the mean ns per lookup.
 """
@@ -29,21 +30,21 @@ TARGET_S = 0.05
 KEYS = [f"user-{i:07d}".encode() for i in range(4096)]
 
 
-def build(cls: Any, kind: int, size: int, bounded: bool) -> Any:
-    table = cls(kind, 1.25 if bounded else 0.0)
-    members = [
-        (i, 1, f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:8080".encode()) for i in range(size)
-    ]
+def build(cls: Any, picker_cls: Any, kind: int, size: int, bounded: bool) -> Any:
+    picker = picker_cls()
+    slots = [picker.add(1, 0.0) for _ in range(size)]
+    table = cls(kind, 1.25 if bounded else 0.0, picker)
+    members = [(i, 1, f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:8080".encode()) for i in slots]
     table.rebuild(members, 160 if kind == 0 else (1_000_003 if size > 655 else 65_537))
-    for slot in range(size):
+    for slot in slots:
         table.set_eligible(slot, True)
         if bounded:
-            table.take(slot)
-            table.take(slot)
+            picker.take(slot)
+            picker.take(slot)
     if bounded:
         hot = table.pick(KEYS[0])
         while table.pick(KEYS[0]) == hot:  # fill the first key's backend to its bound
-            table.take(hot)
+            picker.take(hot)
     return table
 
 
@@ -108,23 +109,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))  # run as a script, sys.path starts at bench/
-    from lb.balancer import hashring_py
+    from lb.balancer import hashring_py, picker_py
 
-    implementations: dict[str, Any] = {"python": hashring_py.HashTable}
+    implementations: dict[str, Any] = {"python": (hashring_py.HashTable, picker_py.Picker)}
     try:
-        from lb import _hashring
+        from lb import _hashring, _picker
     except ImportError:
         print("lb._hashring is not built: measuring the twin only", file=sys.stderr)
     else:
-        implementations = {"cython": _hashring.HashTable, **implementations}
+        implementations = {"cython": (_hashring.HashTable, _picker.Picker), **implementations}
 
     rows = [("ring_hash", 0, False), ("ring_hash bounded", 0, True)]
     rows += [("maglev", 1, False), ("maglev bounded", 1, True)]
     results: dict[str, dict[str, dict[str, float]]] = {}
     for label, kind, bounded in rows:
-        for impl, cls in implementations.items():
+        for impl, (cls, picker_cls) in implementations.items():
             for size in SIZES:
-                ns = measure(run_table, build(cls, kind, size, bounded), args.repeats)
+                table = build(cls, picker_cls, kind, size, bounded)
+                ns = measure(run_table, table, args.repeats)
                 results.setdefault(label, {}).setdefault(impl, {})[str(size)] = round(ns, 1)
     from lb.balancer.hashring import IMPLEMENTATION as impl  # what the service path loads
 

@@ -10,8 +10,8 @@ Members
     ``rebuild(members, size)`` takes ``(slot, weight, name)`` triples (slot: the picker's slot
     of the backend; name: "host:port" as bytes) and fills the table from the names alone,
     taken in sorted order, so every worker process builds the same table whatever its slots.
-    Weight 0 members get no entries. Per-slot state (eligibility, in-flight, ramp) survives a
-    rebuild: it is the service's, not the table's.
+    Weight 0 members get no entries. Per-slot state (eligibility, ramp) survives a rebuild:
+    it is the service's, not the table's.
 
 Ring (``RING``, Ketama style)
     Member m gets ``max(1, round(size * n * w_m / W))`` points (``size`` = virtual nodes of an
@@ -37,6 +37,16 @@ The walk
     the choice passed over an eligible member for its load. Some member is always below its
     share when c >= 1, so the walk ends within one lap.
 
+In-flight counts
+    A bounded table keeps no counts of its own: it reads the service's picker (``lb._picker``,
+    cimported through ``lb/_picker.pxd``), ``flight(slot)`` for a member's load and
+    ``flight_sum()`` for the total. Under ``lb run --workers N`` those are the shared counts
+    of every worker (``Picker.attach``, ``Picker.attach_sum``), so the bound holds for the
+    whole tree: with equal weights, a request goes to a backend only while its load is below
+    ``c * (total + 1) / n``, so with nothing released a backend holds at most
+    ``ceil(c * N / n)`` of N requests (plus one per other worker deciding at the same instant:
+    reading a count and adding to it are two steps). Members must be live slots of the picker.
+
 Slow start
     A ramping slot (``set_permille`` below 1000) admits the keys whose second hash
     ``splitmix64(h) % 1000`` is below its permille: which keys move to a newcomer is fixed
@@ -47,6 +57,8 @@ Slow start
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
+
+from lb._picker cimport Picker
 
 from operator import index as _index
 
@@ -100,7 +112,7 @@ cdef extern from *:
         return h;
     }
     /* splitmix64's finalizer: the key's second, independent hash (slow-start admission). */
-    static inline uint64_t lb_mix64(uint64_t z) {
+    static inline uint64_t lb_splitmix64_mix(uint64_t z) {
         z += 0x9E3779B97F4A7C15ULL;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
@@ -114,7 +126,7 @@ cdef extern from *:
     }
     """
     uint64_t lb_xxh64(const unsigned char *p, size_t len, uint64_t seed) noexcept nogil
-    uint64_t lb_mix64(uint64_t z) noexcept nogil
+    uint64_t lb_splitmix64_mix(uint64_t z) noexcept nogil
     ctypedef struct lb_point:
         uint64_t hash
         int32_t member
@@ -170,10 +182,9 @@ cdef class HashTable:
     cdef Py_ssize_t _cap  # slots the per-slot arrays hold
     cdef uint8_t *_elig
     cdef int64_t *_weight  # a member's weight; 0: not a member
-    cdef int64_t *_load
     cdef int64_t *_permille
     cdef Py_ssize_t _ramping
-    cdef int64_t _total  # in-flight over every slot
+    cdef Picker _picker  # whose in-flight counts the bound compares; None: unbounded
     cdef int64_t _elig_weight
     cdef int64_t _all_weight
 
@@ -181,13 +192,16 @@ cdef class HashTable:
         self._cap = 0
         self._n = 0
 
-    def __init__(self, int kind, double bound=0.0) -> None:
+    def __init__(self, int kind, double bound=0.0, Picker picker=None) -> None:
         if kind != _RING and kind != _MAGLEV:
             raise ValueError(f"kind must be RING or MAGLEV, got {kind}")
         if bound != 0.0 and not bound >= 1.0:
             raise ValueError(f"a load bound is at least 1, got {bound}")
+        if bound != 0.0 and picker is None:
+            raise ValueError("a load bound compares the in-flight counts of a picker: pass it")
         self.kind = kind
         self.bound = bound
+        self._picker = picker if bound != 0.0 else None
         self.spilled = False
         self._grow(8)
 
@@ -197,7 +211,6 @@ cdef class HashTable:
         free(self._entries)
         free(self._elig)
         free(self._weight)
-        free(self._load)
         free(self._permille)
 
     cdef int _grow(self, Py_ssize_t cap) except -1:
@@ -207,12 +220,10 @@ cdef class HashTable:
             return 0
         self._elig = <uint8_t *>_resize(self._elig, n * sizeof(uint8_t))
         self._weight = <int64_t *>_resize(self._weight, n * sizeof(int64_t))
-        self._load = <int64_t *>_resize(self._load, n * sizeof(int64_t))
         self._permille = <int64_t *>_resize(self._permille, n * sizeof(int64_t))
         for i in range(old, cap):
             self._elig[i] = 0
             self._weight[i] = 0
-            self._load[i] = 0
             self._permille[i] = _FULL_PERMILLE
         self._cap = cap
         return 0
@@ -239,6 +250,9 @@ cdef class HashTable:
             raise ValueError("a slot appears twice among the members")
         if size < 1:
             raise ValueError(f"size must be positive, got {size}")
+        if self._picker is not None:
+            for i in range(len(slots)):
+                self._check_live(slots[i])
         for i in range(self._cap):
             self._weight[i] = 0
         for i in range(len(slots)):
@@ -259,6 +273,13 @@ cdef class HashTable:
                     raise ValueError(f"a Maglev table has at most {MAX_TABLE_SIZE} entries")
                 self._build_maglev([m[0] for m in ordered], slots, weights, size)
         self._sums()
+
+    cdef int _check_live(self, Py_ssize_t slot) except -1:
+        # The walk reads the picker's arrays at the slot: it must be one of the picker's.
+        cdef Picker picker = self._picker
+        if not (0 <= slot < picker._high and picker._alive[slot]):
+            raise ValueError(f"slot {slot} is not a live slot of the picker")
+        return 0
 
     cdef int _build_ring(self, list names, list slots, list weights, Py_ssize_t vnodes) except -1:
         cdef list counts = ring_points(weights, vnodes)
@@ -386,27 +407,6 @@ cdef class HashTable:
             self._ramping += 1 if permille < _FULL_PERMILLE else -1
         self._permille[slot] = permille
 
-    def take(self, Py_ssize_t slot) -> None:
-        """Count a request on the slot (whoever chose it)."""
-        self._check(slot)
-        self._load[slot] += 1
-        self._total += 1
-
-    def release(self, Py_ssize_t slot) -> int:
-        """Count a finished request; the slot's new count (never below 0)."""
-        self._check(slot)
-        if self._load[slot] > 0:
-            self._load[slot] -= 1
-            self._total -= 1
-        return self._load[slot]
-
-    def load(self, Py_ssize_t slot) -> int:
-        self._check(slot)
-        return self._load[slot]
-
-    def total_load(self) -> int:
-        return self._total
-
     def entries(self) -> list:
         """The slot of every entry, in table order (tests compare tables by it)."""
         return [self._entries[i] for i in range(self._n)]
@@ -446,13 +446,14 @@ cdef class HashTable:
         cdef int64_t admit = 0
         cdef int32_t *entries = self._entries
         cdef uint8_t *elig = self._elig
+        cdef Picker picker = self._picker
         self.spilled = False
         if n == 0 or weight_sum <= 0:
             return -1
         if bounded:
-            limit = self.bound * <double>(self._total + 1)
+            limit = self.bound * <double>(picker.flight_sum() + 1)
         if self._ramping:
-            admit = <int64_t>(lb_mix64(h) % 1000)
+            admit = <int64_t>(lb_splitmix64_mix(h) % 1000)
         i = self._start(h)
         for step in range(n):
             s = entries[i]
@@ -469,7 +470,7 @@ cdef class HashTable:
                 return s
             if first < 0:
                 first = s
-            if <double>self._load[s] * <double>weight_sum < limit * <double>self._weight[s]:
+            if <double>picker.flight(s) * <double>weight_sum < limit * <double>self._weight[s]:
                 self.spilled = s != first
                 return s
         if first < 0:  # every eligible entry ramped the key away: the first eligible one

@@ -71,6 +71,15 @@ Shared counts (worker processes)
     Unattached slots, and every slot while none is attached, take the private-array path of
     before, at the same speed. The round-robin tie-break state stays per picker: ties are
     broken per worker, the counts compared are global.
+
+    ``attach_sum(buffer, total_index, own_index)`` does the same for the sum over every slot
+    (``total_in_flight_sum``; ``in_flight_sum`` is this picker's own): a bounded
+    consistent-hash walk (``lb._hashring``) compares a slot's count with that sum. Every
+    request of the picker counts there, attached slot or not.
+
+The C interface
+    ``lb/_picker.pxd`` declares the fields and C methods, so that ``lb._hashring`` reads the
+    counts through ``flight(slot)`` and ``flight_sum()``, inline functions over these fields.
 """
 
 from libc.math cimport exp, floor
@@ -82,7 +91,6 @@ import heapq
 from operator import index as _index
 
 cdef extern from "lb_atomic.h":
-    int64_t lb_load(int64_t *p) noexcept nogil
     void lb_store(int64_t *p, int64_t v) noexcept nogil
     int64_t lb_add(int64_t *p, int64_t delta) noexcept nogil
 
@@ -136,37 +144,6 @@ cdef void *_resize(void *ptr, size_t size) except NULL:
 
 cdef class Picker:
     """Least-connections or least-latency picker over integer slots; see the module docstring."""
-
-    cdef Py_ssize_t _cap
-    cdef Py_ssize_t _high
-    cdef Py_ssize_t _live
-    cdef Py_ssize_t _eligible
-    cdef Py_ssize_t _ramping
-    cdef int64_t _total
-    cdef uint64_t _rng
-    cdef list _free
-    cdef uint8_t *_alive
-    cdef uint8_t *_elig
-    cdef int64_t *_weight
-    cdef int64_t *_permille
-    cdef int64_t *_eff
-    cdef int64_t *_elig_eff  # _eff where eligible, else 0: the non-panic scan reads one array
-    cdef int64_t *_current
-    cdef int64_t *_in_flight
-    cdef double *_ss_start
-    cdef double *_ss_window
-    cdef Py_ssize_t *_ramp_pos
-    cdef Py_ssize_t *_ramp_slots
-    cdef Py_ssize_t *_ties
-    cdef int64_t *_tree
-    cdef int64_t **_total_ptr  # shared cell counted by all workers; NULL: not attached
-    cdef int64_t **_own_ptr  # this worker's column cell of the same row
-    cdef Py_ssize_t _attached
-    cdef dict _views  # slot -> buffer view held while its pointers are in use
-    cdef double _decay  # least_latency's time constant in seconds; 0: least connections
-    cdef double _penalty  # the RTT a slot without a sample counts as while busy
-    cdef double *_rtt  # RTT estimate in seconds as of _rtt_at; -1: no sample yet
-    cdef double *_rtt_at
 
     def __cinit__(self, *args, **kwargs):
         self._cap = 0
@@ -381,7 +358,7 @@ cdef class Picker:
             return self._scan(panic)
         if second < 0:
             return first
-        if self._flight(second) * self._eff[first] < self._flight(first) * self._eff[second]:
+        if self.flight(second) * self._eff[first] < self.flight(first) * self._eff[second]:
             return second
         return first
 
@@ -394,7 +371,7 @@ cdef class Picker:
         return rtt
 
     cdef inline double _cost(self, Py_ssize_t slot, double now) noexcept:
-        cdef int64_t flight = self._flight(slot)
+        cdef int64_t flight = self.flight(slot)
         cdef double rtt = self._estimate(slot, now)
         if rtt < 0.0:
             if flight <= 0:
@@ -438,14 +415,18 @@ cdef class Picker:
                 best_cost = cost
         return best
 
-    cdef inline int64_t _flight(self, Py_ssize_t slot) noexcept:
-        """The count choices compare: the shared one when attached, else this picker's."""
-        cdef int64_t *shared
-        if self._attached:
-            shared = self._total_ptr[slot]
-            if shared != NULL:
-                return lb_load(shared)
-        return self._in_flight[slot]
+    cdef inline void _count(self, Py_ssize_t slot, int64_t delta) noexcept:
+        self._in_flight[slot] += delta
+        if self._attached and self._total_ptr[slot] != NULL:
+            lb_add(self._total_ptr[slot], delta)
+            lb_store(self._own_ptr[slot], self._in_flight[slot])
+        self._count_sum(delta)
+
+    cdef inline void _count_sum(self, int64_t delta) noexcept:
+        self._own_sum += delta
+        if self._sum_ptr != NULL:
+            lb_add(self._sum_ptr, delta)
+            lb_store(self._sum_own_ptr, self._own_sum)
 
     cdef void _detach(self, Py_ssize_t slot) noexcept:
         # Withdraw this picker's own requests from the shared count; other workers' stay.
@@ -503,6 +484,7 @@ cdef class Picker:
         self._elig[slot] = 0
         self._weight[slot] = 0
         self._current[slot] = 0
+        self._count_sum(-self._in_flight[slot])  # none, when the caller kept its word
         self._in_flight[slot] = 0
         self._rtt[slot] = -1.0
         self._live -= 1
@@ -553,20 +535,14 @@ cdef class Picker:
         else:
             slot = self._scan(panic)
         if slot >= 0:
-            self._in_flight[slot] += 1
-            if self._attached and self._total_ptr[slot] != NULL:
-                lb_add(self._total_ptr[slot], 1)
-                lb_store(self._own_ptr[slot], self._in_flight[slot])
+            self._count(slot, 1)
         return slot
 
     def release(self, Py_ssize_t slot) -> int:
         """Count a finished request; returns the slot's new in-flight count (never below 0)."""
         self._check(slot)
         if self._in_flight[slot] > 0:
-            self._in_flight[slot] -= 1
-            if self._attached and self._total_ptr[slot] != NULL:
-                lb_add(self._total_ptr[slot], -1)
-                lb_store(self._own_ptr[slot], self._in_flight[slot])
+            self._count(slot, -1)
         return self._in_flight[slot]
 
     def set_latency(self, double decay, double penalty) -> None:
@@ -614,10 +590,7 @@ cdef class Picker:
         """Count a request on a slot chosen elsewhere (consistent hashing, affinity), as
         ``pick`` counts its own choice; ``release`` ends it."""
         self._check(slot)
-        self._in_flight[slot] += 1
-        if self._attached and self._total_ptr[slot] != NULL:
-            lb_add(self._total_ptr[slot], 1)
-            lb_store(self._own_ptr[slot], self._in_flight[slot])
+        self._count(slot, 1)
 
     def in_flight(self, Py_ssize_t slot) -> int:
         """This picker's own requests on the slot."""
@@ -627,7 +600,16 @@ cdef class Picker:
     def total_in_flight(self, Py_ssize_t slot) -> int:
         """The count choices compare: every worker's when attached, else ``in_flight``."""
         self._check(slot)
-        return self._flight(slot)
+        return self.flight(slot)
+
+    def in_flight_sum(self) -> int:
+        """This picker's own requests over every slot."""
+        return self._own_sum
+
+    def total_in_flight_sum(self) -> int:
+        """Every slot's requests: every worker's when the sum is attached (``attach_sum``),
+        else ``in_flight_sum``; what a bounded consistent-hash walk shares out."""
+        return self.flight_sum()
 
     def attach(
         self, Py_ssize_t slot, object buffer, Py_ssize_t total_index, Py_ssize_t own_index
@@ -650,6 +632,33 @@ cdef class Picker:
         self._attached += 1
         lb_add(self._total_ptr[slot], self._in_flight[slot])
         lb_store(self._own_ptr[slot], self._in_flight[slot])
+
+    def attach_sum(self, object buffer, Py_ssize_t total_index, Py_ssize_t own_index) -> None:
+        """Count every request of this picker, whatever its slot, in the int64 word
+        ``total_index`` of ``buffer`` too (the service's sum over every worker), mirroring
+        ``in_flight_sum`` into word ``own_index``; this picker's requests in flight join it."""
+        cdef unsigned char[::1] raw = buffer
+        cdef Py_ssize_t words = raw.shape[0] // 8
+        if not (0 <= total_index < words and 0 <= own_index < words):
+            raise IndexError(f"words {total_index}, {own_index} outside 0..{words - 1}")
+        if (<size_t>&raw[0]) % 8:
+            raise ValueError("shared counters need an 8-byte aligned buffer")
+        self.detach_sum()
+        self._sum_view = raw
+        self._sum_ptr = <int64_t *>&raw[0] + total_index
+        self._sum_own_ptr = <int64_t *>&raw[0] + own_index
+        lb_add(self._sum_ptr, self._own_sum)
+        lb_store(self._sum_own_ptr, self._own_sum)
+
+    def detach_sum(self) -> None:
+        """Withdraw this picker's requests from the shared sum and stop counting there."""
+        if self._sum_ptr == NULL:
+            return
+        lb_add(self._sum_ptr, -self._own_sum)
+        lb_store(self._sum_own_ptr, 0)
+        self._sum_ptr = NULL
+        self._sum_own_ptr = NULL
+        self._sum_view = None
 
     def effective_weight(self, Py_ssize_t slot, double now) -> float:
         """``weight * slow-start factor`` at ``now``, without changing any state."""

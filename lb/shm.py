@@ -21,6 +21,9 @@ totals (`Segment.forget_worker`), so a crash does not leave phantom requests beh
 never freed: the table holds every (service, backend) pair seen while the supervisor lives, and
 a backend that finds it full (16,384 pairs by default) is counted per worker, with a warning.
 Two pairs whose hashes collide (odds about 1 in 10^11 for 16,384 pairs) would share a count.
+A service whose consistent hashing bounds loads also counts its requests over all its backends
+in a row of its own (`attach_service`: "service\n" with no backend, which no backend's key
+can be), that bound's total; its worker columns are withdrawn on a crash like the others.
 
 Rate limits. `SharedGcra` keeps one GCRA TAT per (limiter name, client key hash), decided and
 updated in one CAS loop in C, so concurrent requests of one client in different workers are
@@ -246,6 +249,16 @@ class WorkerCounters:
             return
         picker.attach(slot, self.segment.buffer, row + 1, row + 2 + self.worker)
 
+    def attach_sum(self, picker: Any, service: str) -> None:
+        row = self.segment.counter_row(service, "")
+        if row is None:
+            log.warning(
+                "shared in-flight table full: %s's load bound counts this worker's requests",
+                service,
+            )
+            return
+        picker.attach_sum(self.segment.buffer, row + 1, row + 2 + self.worker)
+
 
 _active: WorkerCounters | None = None
 
@@ -271,6 +284,13 @@ def attach_backend(picker: Any, slot: int, service: str, address: tuple[str, int
     """Called by `Service.update` for each new backend; nothing happens in a single process."""
     if _active is not None:
         _active.attach(picker, slot, service, f"{address[0]}:{address[1]}")
+
+
+def attach_service(picker: Any, service: str) -> None:
+    """A bounded consistent-hash table's total: the service's requests in every worker (the
+    row "service\n"); nothing happens in a single process."""
+    if _active is not None:
+        _active.attach_sum(picker, service)
 
 
 # -- rate limits ----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from conftest import Client, RawBackend, backends, free_port, lb_yaml, ok_respon
 from lb.balancer.balance import Balance
 from lb.balancer.hash_key import HeaderKey
 from lb.balancer.hashring import MAGLEV, RING, HashTable
+from lb.balancer.picker import Picker
 from lb.balancer.service import Service
 from lb.config import model
 from lb.config.balance_model import Balance as BalanceConfig
@@ -342,8 +343,10 @@ def members(n: int, weight=lambda i: 1) -> list[tuple[int, int, bytes]]:
     return [(i, weight(i), f"10.1.{i // 200}.{i % 200}:8080".encode()) for i in range(n)]
 
 
-def table(kind: int, ms: list[tuple[int, int, bytes]], bound: float = 0.0) -> HashTable:
-    t = HashTable(kind, bound)
+def table(
+    kind: int, ms: list[tuple[int, int, bytes]], bound: float = 0.0, picker: Picker | None = None
+) -> HashTable:
+    t = HashTable(kind, bound, picker)
     t.rebuild(ms, 160 if kind == RING else 65537)
     for slot, _, _ in ms:
         t.set_eligible(slot, True)
@@ -403,12 +406,28 @@ def test_an_ineligible_backend_loses_only_its_own_keys():
 
 
 def test_bounded_load_keeps_every_backend_under_its_share():
-    t = table(MAGLEV, members(5), bound=1.25)
+    """The table reads the picker's counts: whoever takes a slot (a least-connections pick
+    too) fills it for the bound."""
+    picker = Picker()
+    slots = [picker.add(1, 0.0) for _ in range(6)]  # slot 5: not a member, yet counted
+    t = table(MAGLEV, members(5), bound=1.25, picker=picker)
     for n in range(200):  # one hot key, nothing released
-        slot = t.pick(b"hot")
-        t.take(slot)
-        for s in range(5):
-            assert t.load(s) <= math.ceil(1.25 * (n + 1) / 5)
+        if n % 10 == 9:
+            picker.take(5)
+        else:
+            picker.take(t.pick(b"hot"))
+        for s in slots[:5]:
+            assert picker.in_flight(s) <= math.ceil(1.25 * (n + 1) / 5)
+    assert picker.total_in_flight_sum() == 200
+
+
+def test_a_bound_needs_the_pickers_counts():
+    with pytest.raises(ValueError, match="in-flight counts of a picker"):
+        HashTable(RING, 1.25)
+    picker = Picker()
+    picker.add(1, 0.0)
+    with pytest.raises(ValueError, match="slot 1 is not a live slot of the picker"):
+        table(RING, members(2), bound=1.25, picker=picker)
 
 
 def test_a_newcomer_ramps_into_its_keys_over_slow_start():

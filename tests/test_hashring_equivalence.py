@@ -4,10 +4,16 @@ Random sequences of every operation (rebuilds with members coming and going and 
 changing, eligibility, slow-start ramps, in-flight counts, picks with and without panic) are
 applied to both, for the ring and for Maglev, with and without a load bound, and every result
 is compared, down to the table's entries. XXH64 is checked against the xxhash package.
+
+Like with like: the compiled table reads the counts of a compiled picker, the twin those of a
+twin picker. The pickers' slots may be attached to shared counters, their sums too, and
+"other workers" change both copies of the shared buffer alike, so the bound is also compared
+on counts that are not the picker's own.
 """
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import pytest
@@ -16,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from lb.balancer import hashring_py
+from lb.balancer import hashring_py, picker_py
 
 try:
-    from lb import _hashring
+    from lb import _hashring, _picker
 except ImportError:
     pytest.skip(
         "lb._hashring is not built (run: python setup.py build_ext --inplace)",
@@ -27,6 +33,7 @@ except ImportError:
     )
 
 SLOTS = 24
+SUM_ROW = SLOTS  # rows of [total, own] words: one per slot, then the sum's
 NAMES = [f"10.0.{i // 8}.{i % 8}:{8000 + i}".encode() for i in range(SLOTS)]
 weights = st.one_of(st.integers(0, 4), st.just(1000))
 keys = st.binary(min_size=0, max_size=40)
@@ -45,6 +52,13 @@ class TablePair(RuleBasedStateMachine):
         self.twin: Any = None
         self.ext: Any = None
         self.held: list[int] = []
+        self.twin_picker = picker_py.Picker()
+        self.ext_picker = _picker.Picker()
+        for _ in range(SLOTS):
+            assert self.twin_picker.add(1, 0.0) == self.ext_picker.add(1, 0.0)
+        self.twin_buf = mmap.mmap(-1, (SUM_ROW + 1) * 16)
+        self.ext_buf = mmap.mmap(-1, (SUM_ROW + 1) * 16)
+        self.others = [0] * (SUM_ROW + 1)  # requests "other workers" hold on each row
 
     def both(self, method: str, *args: Any) -> Any:
         expected = getattr(self.twin, method)(*args)
@@ -52,14 +66,25 @@ class TablePair(RuleBasedStateMachine):
         assert got == expected, (method, args)
         return expected
 
+    def pickers(self, method: str, *args: Any) -> Any:
+        expected = getattr(self.twin_picker, method)(*args)
+        got = getattr(self.ext_picker, method)(*args)
+        assert got == expected, (method, args)
+        return expected
+
     @initialize(
         kind=st.sampled_from([hashring_py.RING, hashring_py.MAGLEV]),
         bound=st.sampled_from([0.0, 1.0, 1.25, 2.0]),
+        shared=st.booleans(),
     )
-    def start(self, kind: int, bound: float) -> None:
-        self.twin = hashring_py.HashTable(kind, bound)
-        self.ext = _hashring.HashTable(kind, bound)
+    def start(self, kind: int, bound: float, shared: bool) -> None:
+        self.twin = hashring_py.HashTable(kind, bound, self.twin_picker)
+        self.ext = _hashring.HashTable(kind, bound, self.ext_picker)
         self.kind = kind
+        if shared:  # as under --workers: every count is the shared one from the start
+            for slot in range(SLOTS):
+                self.attach(slot)
+            self.attach_sum(True)
 
     @rule(
         data=st.data(),
@@ -82,19 +107,41 @@ class TablePair(RuleBasedStateMachine):
     @rule(slot=st.integers(0, SLOTS - 1), count=st.integers(1, 20))
     def take(self, slot: int, count: int) -> None:
         for _ in range(count):
-            self.both("take", slot)
+            self.pickers("take", slot)
             self.held.append(slot)
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
         slot = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
-        self.both("release", slot)
+        self.pickers("release", slot)
 
     @rule(slot=st.integers(0, SLOTS - 1))
     def release_idle(self, slot: int) -> None:
         if slot not in self.held:
-            self.both("release", slot)  # nothing in flight: clamps at 0 in both
+            self.pickers("release", slot)  # nothing in flight: clamps at 0 in both
+
+    @rule(slot=st.integers(0, SLOTS - 1))
+    def attach(self, slot: int) -> None:
+        self.twin_picker.attach(slot, self.twin_buf, 2 * slot, 2 * slot + 1)
+        self.ext_picker.attach(slot, self.ext_buf, 2 * slot, 2 * slot + 1)
+
+    @rule(attached=st.booleans())
+    def attach_sum(self, attached: bool) -> None:
+        if attached:
+            self.twin_picker.attach_sum(self.twin_buf, 2 * SUM_ROW, 2 * SUM_ROW + 1)
+            self.ext_picker.attach_sum(self.ext_buf, 2 * SUM_ROW, 2 * SUM_ROW + 1)
+        else:
+            self.pickers("detach_sum")
+
+    @rule(row=st.integers(0, SUM_ROW), data=st.data())
+    def other_workers(self, row: int, data: st.DataObject) -> None:
+        delta = data.draw(st.integers(-self.others[row], 40))
+        self.others[row] += delta
+        for buf in (self.twin_buf, self.ext_buf):
+            view = memoryview(buf).cast("q")
+            view[2 * row] += delta
+            view.release()
 
     @rule(batch=st.lists(keys, min_size=1, max_size=30), panic=st.booleans(), keep=st.booleans())
     def pick(self, batch: list[bytes], panic: bool, keep: bool) -> None:
@@ -102,7 +149,7 @@ class TablePair(RuleBasedStateMachine):
             slot = self.both("pick", key, panic)
             assert self.twin.spilled == self.ext.spilled
             if slot >= 0 and keep:
-                self.both("take", slot)
+                self.pickers("take", slot)
                 self.held.append(slot)
 
     @rule(h=st.integers(0, 2**64 - 1))
@@ -113,11 +160,13 @@ class TablePair(RuleBasedStateMachine):
     def same_tables(self) -> None:
         if self.twin is not None:
             self.both("entries")
-            self.both("total_load")
             self.both("__len__")
+            self.pickers("in_flight_sum")
+            self.pickers("total_in_flight_sum")
             for slot in range(SLOTS):
-                self.both("load", slot)
+                self.pickers("total_in_flight", slot)
                 self.both("eligible", slot)
+            assert self.twin_buf[:] == self.ext_buf[:]
 
 
 TablePair.TestCase.settings = settings(
@@ -133,7 +182,12 @@ def test_large_tables_agree() -> None:
     """1,000 weighted members: the scaled ring and a 100x Maglev table come out equal."""
     members = [(i, 1 + i % 5, f"192.168.{i // 250}.{i % 250}:80".encode()) for i in range(1000)]
     for kind, size in ((hashring_py.RING, 160), (hashring_py.MAGLEV, 100_003)):
-        twin, ext = hashring_py.HashTable(kind, 1.25), _hashring.HashTable(kind, 1.25)
+        twin_picker, ext_picker = picker_py.Picker(), _picker.Picker()
+        for _ in members:
+            twin_picker.add(1, 0.0)
+            ext_picker.add(1, 0.0)
+        twin = hashring_py.HashTable(kind, 1.25, twin_picker)
+        ext = _hashring.HashTable(kind, 1.25, ext_picker)
         twin.rebuild(members, size)
         ext.rebuild(members, size)
         assert twin.entries() == ext.entries()
@@ -144,5 +198,5 @@ def test_large_tables_agree() -> None:
             key = f"user-{i % 700}".encode()
             slot = twin.pick(key)
             assert ext.pick(key) == slot
-            twin.take(slot)
-            ext.take(slot)
+            twin_picker.take(slot)
+            ext_picker.take(slot)

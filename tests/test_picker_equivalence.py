@@ -2,8 +2,9 @@
 
 Random sequences of every operation are applied to both, below and above the power-of-two-choices
 threshold and in least-latency mode (Peak EWMA, with RTT samples), and every result is compared.
-Slots may be attached to shared counters (each picker has its own copy of the shared buffer, and
-"other workers" change both copies alike), and the copies must stay byte for byte equal.
+Slots may be attached to shared counters, and the sum over every slot too (each picker has its
+own copy of the shared buffer, and "other workers" change both copies alike), and the copies
+must stay byte for byte equal.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ except ImportError:
 
 MAX_POOL = picker_py.P2C_THRESHOLD * 3
 SHARED_ROWS = 8  # rows of [total, own] words in each picker's stand-in for the shared segment
+SUM_ROW = SHARED_ROWS  # and one more, for the sum over every slot
 
 weights = st.one_of(st.integers(0, 6), st.just(picker_py.MAX_WEIGHT))
 windows = st.sampled_from([0.0, 0.5, 3.0, 20.0])
@@ -53,9 +55,9 @@ class PickerPair(RuleBasedStateMachine):
         self.now = 0.0
         self.slots: list[int] = []
         self.held: list[int] = []  # one entry per request picked and not yet released
-        self.twin_buf = mmap.mmap(-1, SHARED_ROWS * 16)
-        self.ext_buf = mmap.mmap(-1, SHARED_ROWS * 16)
-        self.others = [0] * SHARED_ROWS  # requests "other workers" hold on each row
+        self.twin_buf = mmap.mmap(-1, (SUM_ROW + 1) * 16)
+        self.ext_buf = mmap.mmap(-1, (SUM_ROW + 1) * 16)
+        self.others = [0] * (SUM_ROW + 1)  # requests "other workers" hold on each row
 
     def both(self, method: str, *args: Any) -> Any:
         expected = getattr(self.twin, method)(*args)
@@ -173,7 +175,15 @@ class PickerPair(RuleBasedStateMachine):
         self.twin.attach(slot, self.twin_buf, 2 * row, 2 * row + 1)
         self.ext.attach(slot, self.ext_buf, 2 * row, 2 * row + 1)
 
-    @rule(row=st.integers(0, SHARED_ROWS - 1), data=st.data())
+    @rule(attached=st.booleans())
+    def attach_sum(self, attached: bool) -> None:
+        if attached:
+            self.twin.attach_sum(self.twin_buf, 2 * SUM_ROW, 2 * SUM_ROW + 1)
+            self.ext.attach_sum(self.ext_buf, 2 * SUM_ROW, 2 * SUM_ROW + 1)
+        else:
+            self.both("detach_sum")
+
+    @rule(row=st.integers(0, SUM_ROW), data=st.data())
     def other_workers(self, row: int, data: st.DataObject) -> None:
         delta = data.draw(st.integers(-self.others[row], 40))
         self.others[row] += delta
@@ -195,6 +205,8 @@ class PickerPair(RuleBasedStateMachine):
         if self.twin is not None:
             self.both("__len__")
             self.both("eligible_count")
+            self.both("in_flight_sum")
+            self.both("total_in_flight_sum")
             assert self.twin_buf[:] == self.ext_buf[:]
 
 

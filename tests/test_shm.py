@@ -9,7 +9,7 @@ import os
 import pytest
 
 from lb.balancer import picker_py
-from lb.shm import Layout, Segment, SharedGcra, key_hash
+from lb.shm import Layout, Segment, SharedGcra, WorkerCounters, key_hash
 from lb.traffic.ratelimit import LocalLimiter
 
 try:
@@ -157,6 +157,34 @@ def test_attach_brings_requests_already_held(segment, impl):
     assert segment.cells.load(row + 1) == 1 and segment.cells.load(row + 3) == 1
     with pytest.raises(IndexError):
         picker.attach(slot, segment.buffer, len(segment.cells), 0)
+
+
+@pytest.mark.parametrize("impl", [_picker.Picker, picker_py.Picker], ids=["cython", "python"])
+def test_a_services_sum_counts_every_slot_in_its_own_row(segment, impl):
+    """What a bounded consistent-hash table shares out: every request of the service, in the
+    row "service\n" with a column per worker, withdrawn like the others when a worker dies."""
+    picker = impl()
+    a, b = picker.add(1, 0.0), picker.add(1, 0.0)
+    picker.take(a)
+    counters = WorkerCounters(segment, 1)
+    counters.attach(picker, a, "app", "a:1")  # b stays unattached: counted in the sum anyway
+    counters.attach_sum(picker, "app")
+    row = segment.counter_row("app", "")
+    assert row not in (segment.counter_row("app", "a:1"), segment.counter_row("app", "b:1"))
+    picker.take(b)
+    picker.pick(0.0)
+    segment.cells.add(row + 1, 5)  # worker 0's requests
+    assert picker.in_flight_sum() == 3 and picker.total_in_flight_sum() == 8
+    assert segment.cells.load(row + 3) == 3  # worker 1's column
+    picker.release(b)
+    assert segment.in_flight("app", "") == 7
+    picker.detach_sum()  # a reload dropped the bound: its requests leave the shared sum
+    assert segment.in_flight("app", "") == 5 and segment.cells.load(row + 3) == 0
+    assert picker.total_in_flight_sum() == 2
+    counters.attach_sum(picker, "app")  # ... and join it again with the bound back
+    assert segment.in_flight("app", "") == 7
+    assert segment.forget_worker(1) == 2 + picker.in_flight(a)  # its sum and slot a's row
+    assert segment.in_flight("app", "") == 5
 
 
 # -- shared GCRA -------------------------------------------------------------------------------

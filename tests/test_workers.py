@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -191,6 +192,46 @@ async def test_least_connections_is_global_across_workers(tmp_path):
         assert all(w["accepted"] > 0 for w in status["workers"]), status["workers"]
         m = await t.metrics()
         assert sum(v for k, v in m.items() if k.startswith("lb_backend_in_flight[")) == 16
+        release.set()
+        for task in pending:
+            assert (await task).status == 200
+        for client in clients:
+            client.close()
+
+
+async def test_a_bounded_hot_key_is_bounded_across_workers(tmp_path):
+    """`bounded_load: 1.25` over 4 backends, one hot key, requests held open arriving one at
+    a time on new connections (so on either worker). A request goes to a backend only while
+    its in-flight count is below 1.25 * (total + 1) / 4, the total and the counts being the
+    tree's, so after i requests none holds more than ceil(1.25 * i / 4). Arriving one at a
+    time, each is counted before the next is judged: concurrent decisions in N workers could
+    each read a count before the others add to it (at most N - 1 over). Per-worker bounds
+    let each worker's first request onto the key's own backend: 2 there after 2 requests."""
+    release = asyncio.Event()
+    svc = "    balance: {mode: ring_hash, hash_on: {header: X-User}, bounded_load: 1.25}\n"
+    async with (
+        backends(4, respond=holding(release)) as bes,
+        tree(tmp_path, [b.address for b in bes], extra_service=svc) as t,
+    ):
+        clients, pending = [], []
+        for i in range(1, 17):
+            client = await Client.connect(t.port)
+            clients.append(client)
+            pending.append(
+                asyncio.create_task(
+                    client.request("GET", f"/{i}", headers="x-user: hot\r\n", timeout=30)
+                )
+            )
+            deadline = time.monotonic() + 5
+            while sum(len(b.seen) for b in bes) < i:  # it reached a backend: counted
+                assert time.monotonic() < deadline, "request did not reach a backend"
+                await asyncio.sleep(0.005)
+            held = [len(b.seen) for b in bes]
+            assert max(held) <= math.ceil(1.25 * i / 4), (i, held)
+        assert max(held) == 5, held  # ceil(1.25 * 16 / 4): the key's backend is full
+        status = await t.status()
+        assert all(w["accepted"] > 0 for w in status["workers"]), status["workers"]
+        assert status["services"][0]["in_flight"] == 16
         release.set()
         for task in pending:
             assert (await task).status == 200

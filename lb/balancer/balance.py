@@ -14,9 +14,10 @@ Consistent hashing (`balance.mode: ring_hash | maglev`)
     `Service.refresh`: a backend going down moves only its own keys, which come back to it
     when it is up again, and a flap costs O(1) rather than a rebuild.
 
-    In-flight counts for the bound are counted by the table too, at `Service.admit` and
-    `Service.release` (whichever pick chose the backend); they are the worker's own, so
-    with `lb run --workers N` each worker bounds its own share.
+    The bound compares the picker's in-flight counts (whichever pick chose the backend): the
+    table reads them itself, keeping none of its own. With `lb run --workers N` they are the
+    counts of every worker in shared memory, the service's total in a row of its own
+    (`lb.shm.attach_service`), so the bound holds for the whole tree.
 
     Slow start: a backend that ramps admits the share of its keys its ramp has reached (see
     ext/hashring.pyx), refreshed at most every RAMP_STEP seconds while some backend ramps.
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING
 
 from ..config import model
 from ..observe.metrics import Counters, register_counter
+from ..shm import attach_service
 from .affinity import Affinity
 from .backend import Backend
 from .hash_key import HashKey
@@ -103,12 +105,17 @@ class Balance:
         self.affinity = affinity
         self.table: HashTable | None = None
         self.size = 0
+        bound = 0.0
         if key is not None:
             mode = cfg.balance.mode
-            self.table = HashTable(
-                RING if mode == "ring_hash" else MAGLEV, cfg.balance.bounded_load or 0.0
-            )
+            kind = RING if mode == "ring_hash" else MAGLEV
+            bound = cfg.balance.bounded_load or 0.0
+            self.table = HashTable(kind, bound, service.picker)
             self.size = cfg.balance.virtual_nodes if mode == "ring_hash" else cfg.balance.table_size
+        if bound:
+            attach_service(service.picker, service.name)  # no-op unless --workers
+        else:
+            service.picker.detach_sum()  # a bound dropped by a reload: no more shared sum
         self.counts = counters
         name = service.name
         self.keys = {
@@ -119,10 +126,6 @@ class Balance:
         self._ramps: set[int] = set()
         self._next_ramp = 0.0
         self._members = 0
-        if self.table is not None:
-            for b in service.backends.values():  # requests already in flight count for the bound
-                for _ in range(service.picker.in_flight(b.slot)):
-                    self.table.take(b.slot)
         self.rebuild(service.clock())
 
     # -- off the request path: membership, eligibility, ramps ------------------------------------
@@ -179,15 +182,7 @@ class Balance:
             table.set_permille(slot, 1000 if everyone else permille)
         self._next_ramp = now + RAMP_STEP
 
-    # -- the counts the bound compares (Service.admit / release) ----------------------------------
-    def took(self, slot: int) -> None:
-        if self.table is not None:
-            self.table.take(slot)
-
-    def released(self, slot: int) -> None:
-        if self.table is not None:
-            self.table.release(slot)
-
+    # -- Service.admit ----------------------------------------------------------------------------
     def refused(self, slot: int) -> None:
         """A half-open breaker with its probes out: out of the walk until it reports."""
         if self.table is not None:

@@ -4,14 +4,18 @@ Same tables, same walk, same arithmetic (doubles where the compiled one uses dou
 the same calls both return the same slots. Any change here must be made in ``ext/hashring.pyx``
 too; ``tests/test_hashring_equivalence.py`` checks it. The module docstring there describes
 the ring, the Maglev table, the walk with bounded loads and slow start.
+
+A bounded table reads the in-flight counts of its picker, as the compiled one does, but
+through the picker's methods (``total_in_flight``, ``total_in_flight_sum``), so it takes either
+picker: ``LB_PURE_PYTHON=1`` pairs this twin with the compiled ``lb._picker``.
 """
 
 from __future__ import annotations
 
 import bisect
 import operator
-from array import array
 from collections.abc import Sequence
+from typing import Protocol
 
 import xxhash
 
@@ -25,6 +29,14 @@ _FULL_PERMILLE = 1000
 _MASK64 = (1 << 64) - 1
 
 Member = tuple[int, int, bytes]  # (picker slot, weight, b"host:port")
+
+
+class Counts(Protocol):
+    """What a bounded table reads of a picker (``lb._picker`` or ``picker_py``)."""
+
+    def in_flight(self, slot: int) -> int: ...
+    def total_in_flight(self, slot: int) -> int: ...
+    def total_in_flight_sum(self) -> int: ...
 
 
 def xxh64(data: bytes, seed: int = 0) -> int:
@@ -53,22 +65,23 @@ def ring_points(weights: list[int], vnodes: int) -> list[int]:
 class HashTable:
     """A ring or a Maglev table over picker slots; see ``ext/hashring.pyx``."""
 
-    def __init__(self, kind: int, bound: float = 0.0) -> None:
+    def __init__(self, kind: int, bound: float = 0.0, picker: Counts | None = None) -> None:
         if kind not in (RING, MAGLEV):
             raise ValueError(f"kind must be RING or MAGLEV, got {kind}")
         if bound != 0.0 and not bound >= 1.0:
             raise ValueError(f"a load bound is at least 1, got {bound}")
+        if bound != 0.0 and picker is None:
+            raise ValueError("a load bound compares the in-flight counts of a picker: pass it")
         self.kind = kind
         self.bound = float(bound)
+        self._picker = picker if bound != 0.0 else None
         self.spilled = False
         self._points: list[int] = []
         self._entries: list[int] = []
         self._elig: list[bool] = []
         self._weight: list[int] = []
-        self._load = array("q")
         self._permille: list[int] = []
         self._ramping = 0
-        self._total = 0
         self._elig_weight = 0
         self._all_weight = 0
         self._grow(8)
@@ -78,7 +91,6 @@ class HashTable:
         if extra > 0:
             self._elig += [False] * extra
             self._weight += [0] * extra
-            self._load.extend([0] * extra)
             self._permille += [_FULL_PERMILLE] * extra
 
     def _check(self, slot: int) -> int:
@@ -104,6 +116,9 @@ class HashTable:
             raise ValueError("a slot appears twice among the members")
         if size < 1:
             raise ValueError(f"size must be positive, got {size}")
+        if self._picker is not None:
+            for slot in slots:
+                self._check_live(self._picker, slot)
         self._weight = [0] * len(self._weight)
         for slot, weight in zip(slots, weights, strict=True):
             self._weight[self._check(slot)] = weight
@@ -117,6 +132,13 @@ class HashTable:
                     raise ValueError(f"a Maglev table has at most {MAX_TABLE_SIZE} entries")
                 self._build_maglev(names, slots, weights, size)
         self._sums()
+
+    @staticmethod
+    def _check_live(picker: Counts, slot: int) -> None:
+        try:
+            picker.in_flight(slot)
+        except IndexError:
+            raise ValueError(f"slot {slot} is not a live slot of the picker") from None
 
     def _build_ring(
         self, names: list[bytes], slots: list[int], weights: list[int], vnodes: int
@@ -183,26 +205,6 @@ class HashTable:
             self._ramping += 1 if permille < _FULL_PERMILLE else -1
         self._permille[slot] = permille
 
-    def take(self, slot: int) -> None:
-        """Count a request on the slot (whoever chose it)."""
-        slot = self._check(slot)
-        self._load[slot] += 1
-        self._total += 1
-
-    def release(self, slot: int) -> int:
-        """Count a finished request; the slot's new count (never below 0)."""
-        slot = self._check(slot)
-        if self._load[slot] > 0:
-            self._load[slot] -= 1
-            self._total -= 1
-        return self._load[slot]
-
-    def load(self, slot: int) -> int:
-        return self._load[self._check(slot)]
-
-    def total_load(self) -> int:
-        return self._total
-
     def entries(self) -> list[int]:
         """The slot of every entry, in table order (tests compare tables by it)."""
         return list(self._entries)
@@ -233,8 +235,8 @@ class HashTable:
         self.spilled = False
         if n == 0 or weight_sum <= 0:
             return -1
-        bounded = self.bound > 0.0
-        limit = self.bound * float(self._total + 1) if bounded else 0.0
+        picker = self._picker
+        limit = 0.0 if picker is None else self.bound * float(picker.total_in_flight_sum() + 1)
         admit = _mix64(h) % 1000 if self._ramping else 0
         first = -1
         probes = 0
@@ -250,11 +252,12 @@ class HashTable:
                 probes += 1
                 if admit >= self._permille[s]:
                     continue
-            if not bounded:
+            if picker is None:
                 return s
             if first < 0:
                 first = s
-            if float(self._load[s]) * float(weight_sum) < limit * float(self._weight[s]):
+            load = picker.total_in_flight(s)
+            if float(load) * float(weight_sum) < limit * float(self._weight[s]):
                 self.spilled = s != first
                 return s
         if first < 0:  # every eligible entry ramped the key away: the first eligible one

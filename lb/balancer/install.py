@@ -3,7 +3,7 @@
 now and at every reload (`Runtime.compile_hooks`, which run once services are updated), and
 clears it where the config no longer does.
 
-A service keeps its `Balance` (its table, its in-flight counts) while its balance and affinity
+A service keeps its `Balance` (its table, its ramps) while its balance and affinity
 settings and the affinity secret read the same; the `client_ip` key reads the listeners'
 `trusted_proxies`, refreshed in place on every compile.
 """
@@ -49,6 +49,7 @@ class Balancing:
             hashed = cfg.balance.mode in HASH_MODES  # least_latency is the picker's
             if not hashed and cfg.affinity is None:
                 svc.balance = None
+                svc.picker.detach_sum()  # counted for a bound it had before a reload
                 continue
             secret = self._secret(name, cfg)
             settings = (cfg.balance, cfg.affinity, secret)

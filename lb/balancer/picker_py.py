@@ -47,7 +47,9 @@ Shared counts (worker processes)
     ``attach(slot, buffer, total_index, own_index)`` works as in the compiled picker (see its
     docstring) but through a ``memoryview`` cast to int64, with plain reads and writes: atomic
     enough for one process under the GIL, not across processes. The twin is for machines
-    without a C compiler, and ``lb run --workers N`` refuses to start with it.
+    without a C compiler, and ``lb run --workers N`` refuses to start with it. So do
+    ``attach_sum`` and the sums (``in_flight_sum``, ``total_in_flight_sum``) that a bounded
+    consistent-hash table (``lb.balancer.hashring_py``) compares with.
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ class Picker:
         self._tree: list[int] = [0]  # Fenwick tree of _eff, 1-based
         # slot -> (int64 view of a shared buffer, total word, own word); see attach().
         self._shared: dict[int, tuple[memoryview, int, int]] = {}
+        self._own_sum = 0  # this picker's requests over every slot
+        self._sum: tuple[memoryview, int, int] | None = None  # as _shared, for the sum
         self._decay = 0.0  # least_latency's time constant in seconds; 0: least connections
         self._penalty = 0.0  # the RTT a slot without a sample counts as while busy
         self._rtt: list[float] = []  # RTT estimate in seconds as of _rtt_at; -1: no sample yet
@@ -372,6 +376,7 @@ class Picker:
         self._elig[slot] = False
         self._weight[slot] = 0
         self._current[slot] = 0
+        self._count_sum(-self._in_flight[slot])  # none, when the caller kept its word
         self._in_flight[slot] = 0
         self._rtt[slot] = -1.0
         self._live -= 1
@@ -419,16 +424,14 @@ class Picker:
         else:
             slot = self._scan(panic)
         if slot >= 0:
-            self._in_flight[slot] += 1
-            self._count_shared(slot, 1)
+            self._count(slot, 1)
         return slot
 
     def release(self, slot: int) -> int:
         """Count a finished request; returns the slot's new in-flight count (never below 0)."""
         slot = self._check(slot)
         if self._in_flight[slot] > 0:
-            self._in_flight[slot] -= 1
-            self._count_shared(slot, -1)
+            self._count(slot, -1)
         return self._in_flight[slot]
 
     def set_latency(self, decay: float, penalty: float) -> None:
@@ -475,9 +478,7 @@ class Picker:
     def take(self, slot: int) -> None:
         """Count a request on a slot chosen elsewhere (consistent hashing, affinity), as
         ``pick`` counts its own choice; ``release`` ends it."""
-        slot = self._check(slot)
-        self._in_flight[slot] += 1
-        self._count_shared(slot, 1)
+        self._count(self._check(slot), 1)
 
     def in_flight(self, slot: int) -> int:
         """This picker's own requests on the slot."""
@@ -489,6 +490,15 @@ class Picker:
         shared = self._shared.get(slot)
         return self._in_flight[slot] if shared is None else shared[0][shared[1]]
 
+    def in_flight_sum(self) -> int:
+        """This picker's own requests over every slot."""
+        return self._own_sum
+
+    def total_in_flight_sum(self) -> int:
+        """Every slot's requests: every worker's when the sum is attached (``attach_sum``),
+        else ``in_flight_sum``; what a bounded consistent-hash walk shares out."""
+        return self._own_sum if self._sum is None else self._sum[0][self._sum[1]]
+
     def attach(self, slot: int, buffer: object, total_index: int, own_index: int) -> None:
         """Compare the slot by int64 word ``total_index`` of ``buffer``; see the docstring."""
         slot = self._check(slot)
@@ -498,14 +508,44 @@ class Picker:
             raise IndexError(f"words {total_index}, {own_index} outside 0..{words - 1}")
         self._detach(slot)
         self._shared[slot] = (view, total_index, own_index)
-        self._count_shared(slot, self._in_flight[slot])
+        view[total_index] += self._in_flight[slot]
+        view[own_index] = self._in_flight[slot]
 
-    def _count_shared(self, slot: int, delta: int) -> None:
+    def attach_sum(self, buffer: object, total_index: int, own_index: int) -> None:
+        """Count every request in int64 word ``total_index`` of ``buffer`` too; see the
+        compiled picker's docstring."""
+        view = memoryview(buffer).cast("B").cast("q")  # type: ignore[arg-type]
+        words = len(view)
+        if not (0 <= total_index < words and 0 <= own_index < words):
+            raise IndexError(f"words {total_index}, {own_index} outside 0..{words - 1}")
+        self.detach_sum()
+        self._sum = (view, total_index, own_index)
+        view[total_index] += self._own_sum
+        view[own_index] = self._own_sum
+
+    def detach_sum(self) -> None:
+        """Withdraw this picker's requests from the shared sum and stop counting there."""
+        if self._sum is not None:
+            view, total, own = self._sum
+            view[total] -= self._own_sum
+            view[own] = 0
+            self._sum = None
+
+    def _count(self, slot: int, delta: int) -> None:
+        self._in_flight[slot] += delta
         shared = self._shared.get(slot)
         if shared is not None:
             view, total, own = shared
             view[total] += delta
             view[own] = self._in_flight[slot]
+        self._count_sum(delta)
+
+    def _count_sum(self, delta: int) -> None:
+        self._own_sum += delta
+        if self._sum is not None:
+            view, total, own = self._sum
+            view[total] += delta
+            view[own] = self._own_sum
 
     def _detach(self, slot: int) -> None:
         # Withdraw this picker's own requests from the shared count; other workers' stay.

@@ -181,8 +181,6 @@ class Service:
         breaker = b.breaker
         if breaker is None or breaker.state == CLOSED or self.panic or breaker.allow(now):
             b.selected += 1
-            if self.balance is not None:
-                self.balance.took(slot)
             return b
         self.picker.release(slot)
         self.picker.set_eligible(slot, False, now, 0.0)
@@ -192,8 +190,6 @@ class Service:
 
     def release(self, b: Backend) -> None:
         """Give the slot back; exactly once per pick, however the exchange ended."""
-        if self.balance is not None:
-            self.balance.released(b.slot)
         if self.picker.release(b.slot) == 0 and b.removed:
             self._drop(b)
 
