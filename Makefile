@@ -8,7 +8,7 @@ BENCH_PACKAGES := wrk haproxy nginx
 
 .PHONY: demo test soak bench bench-picker bench-routing lint build system-deps clean
 
-$(STAMP): pyproject.toml setup.py ext/picker.pyx ext/hashring.pyx ext/h2.pyx
+$(STAMP): pyproject.toml setup.py ext/picker.pyx ext/hashring.pyx ext/traceids.pyx ext/h2.pyx
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel Cython
 	$(BIN)/pip install -q -e '.[test]'

@@ -56,6 +56,7 @@ def extensions() -> list:
         Extension("lb._picker", ["ext/picker.pyx"], **picker),
         Extension("lb._hashring", ["ext/hashring.pyx"], **common),
         Extension("lb._shm", ["ext/shm.pyx"], **common),
+        Extension("lb._traceids", ["ext/traceids.pyx"], extra_compile_args=["-O3"]),
     ]
     regenerate_after("ext/picker.pyx", "lb/_picker.pxd")
     try:

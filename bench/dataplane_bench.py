@@ -11,6 +11,7 @@ picking, forwarding, accounting.
     python bench/dataplane_bench.py --one --no-metrics   # without the metrics observer
     python bench/dataplane_bench.py --one --edge policies   # lb_edge's (bench/edge_fixture.py)
     python bench/dataplane_bench.py --one --edge request    # its request, no policies
+    python bench/dataplane_bench.py --one --tracing         # lb_tracing's trace context
 
 Run from the repository root. The pure-Python figure comes from a child process with
 LB_PURE_PYTHON=1, which imports the .py twins of the compiled data-path modules.
@@ -24,11 +25,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+if TYPE_CHECKING:
+    from lb.runtime import Runtime
 
 CONFIG = """\
 listeners: [{name: bench, bind: "127.0.0.1:18090"}]
@@ -102,8 +108,23 @@ def edge_config(home: Path) -> tuple[str, bytes]:
     return CONFIG.replace(flow, block) + lines, REQ[:-2] + extra + b"\r\n"
 
 
+def attach_tracing(rt: "Runtime") -> "deque[object]":
+    """lb_tracing's request path (bench/tracing_fixture.py): every request's trace context
+    read or started and forwarded, the sampled ones queued as spans. No exporter thread: the
+    caller empties the returned queue, as the exporter would."""
+    import tracing_fixture
+
+    from lb.tracing.context import Propagator
+    from lb.tracing.spans import SpanQueue
+
+    rt.tracer = Propagator(tracing_fixture.SAMPLING)
+    queue = SpanQueue(1 << 20, 1 << 20, {("dropped",): 0})
+    rt.observe(queue, True)
+    return queue.spans
+
+
 async def measure(
-    n: int, rounds: int, prof: bool, metrics: bool, policies: bool, edge: str
+    n: int, rounds: int, prof: bool, metrics: bool, policies: bool, edge: str, tracing: bool
 ) -> tuple[str, list[float]]:
     import lb.compiled
     from lb.config import load
@@ -137,7 +158,8 @@ async def measure(
     # As `lb run` does: default retries on every route, and the policies when configured.
     install_traffic_control(server)
     if metrics:
-        rt.observers.append(Metrics(rt))  # as `lb run` attaches it with metrics on
+        rt.observe(Metrics(rt), True)  # as `lb run` attaches it with metrics on
+    spans = attach_tracing(rt) if tracing else deque()
     lr = ListenerRuntime(rt, loaded.config.listeners[0], loop)
     ups = []
     for b in rt.services["app"].backends.values():
@@ -164,6 +186,7 @@ async def measure(
             if len(ct.out) != 1:
                 raise SystemExit(f"expected one response write, got {ct.out!r}")
             ct.out.clear()
+        spans.clear()
 
     if edge:  # basic auth verifies once, off the loop; the batches measure the cached path
         client, ct = clients[0]
@@ -200,10 +223,12 @@ async def measure(
     return lb.compiled.implementation(), results
 
 
-def run_one(n: int, rounds: int, prof: bool, metrics: bool, policies: bool, edge: str) -> None:
+def run_one(
+    n: int, rounds: int, prof: bool, metrics: bool, policies: bool, edge: str, tracing: bool
+) -> None:
     import uvloop
 
-    impl, results = uvloop.run(measure(n, rounds, prof, metrics, policies, edge))
+    impl, results = uvloop.run(measure(n, rounds, prof, metrics, policies, edge, tracing))
     print(f"{impl} {min(results):.2f} {statistics.median(results):.2f}")
 
 
@@ -214,6 +239,7 @@ def child(
     metrics: bool = True,
     policies: bool = False,
     edge: str = "",
+    tracing: bool = False,
 ) -> tuple[str, float, float]:
     env = dict(os.environ)
     env.pop("LB_PURE_PYTHON", None)
@@ -226,6 +252,8 @@ def child(
         cmd.append("--policies")
     if edge:
         cmd += ["--edge", edge]
+    if tracing:
+        cmd.append("--tracing")
     out = subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True)
     impl, best, med = out.stdout.split()[-3:]
     return impl, float(best), float(med)
@@ -243,9 +271,13 @@ def main() -> None:
         "--edge", choices=("request", "policies"), default="",
         help="lb_edge's request, to plain lb or with lb_edge's policies",
     )  # fmt: skip
+    ap.add_argument("--tracing", action="store_true", help="lb_tracing's trace context on")
     args = ap.parse_args()
     if args.one:
-        run_one(args.n, args.rounds, args.prof, not args.no_metrics, args.policies, args.edge)
+        run_one(
+            args.n, args.rounds, args.prof, not args.no_metrics, args.policies, args.edge,
+            args.tracing,
+        )  # fmt: skip
         return
     # Interleaved, so drift on a shared machine hits both sides alike.
     compiled: list[float] = []
@@ -254,6 +286,7 @@ def main() -> None:
     policed: list[float] = []
     edged: list[float] = []
     edge_base: list[float] = []
+    traced: list[float] = []
     impl = "python"
     for _ in range(3):
         impl, best, _ = child(False, args.n, args.rounds)
@@ -262,6 +295,7 @@ def main() -> None:
         policed.append(child(False, args.n, args.rounds, policies=True)[1])
         edged.append(child(False, args.n, args.rounds, edge="policies")[1])
         edge_base.append(child(False, args.n, args.rounds, edge="request")[1])
+        traced.append(child(False, args.n, args.rounds, tracing=True)[1])
         pure.append(child(True, args.n, args.rounds)[1])
     c, m, p, q, e = min(compiled), min(bare), min(pure), min(policed), min(edged)
     print(f"data path as imported ({impl}): {c:.2f} us/request (best of {len(compiled)} runs)")
@@ -270,6 +304,8 @@ def main() -> None:
     b = min(edge_base)
     print(f"  lb_edge's request, no policies: {b:.2f} us/request")
     print(f"  with lb_edge's policies:       {e:.2f} us/request (they cost {e - b:.2f} us)")
+    t = min(traced)
+    print(f"  with lb_tracing's trace context: {t:.2f} us/request (it costs {t - c:.2f} us)")
     print(f"pure Python (LB_PURE_PYTHON=1):   {p:.2f} us/request")
     print(f"compiled saves {100 * (1 - c / p):.0f}% of the Python-level cost")
 

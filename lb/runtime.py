@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .balancer.service import Service, static_specs
 from .config import Loaded, model
-from .hooks import FailureHook, Guard, Observer, TcpObserver
+from .hooks import ExchangeView, FailureHook, Guard, Observer, TcpObserver
 from .observe.metrics import BackendLabels, Counters
 from .proxy.accept import Descriptors
 from .proxy.failures import Failure
@@ -53,8 +53,10 @@ class Runtime:
         self.table = RouteTable([])
         # By name; a mode: tcp listener has a TcpListenerRuntime (lb/proxy/tcp/listener.py).
         self.listeners: dict[str, ListenerRuntime | TcpListenerRuntime] = {}
-        # record(exchange, ok) hooks, called by the exchange: metrics, access log
+        # record(exchange, ok) hooks: metrics, access log, spans; attached by `observe`
         self.observers: list[Observer] = []
+        # Their bound `record`s, which the exchange calls: no method looked up per request.
+        self.recorders: list[Callable[[ExchangeView, bool], None]] = []
         # record_tcp(connection) hooks, called as a tcp listener's connection ends: access log
         self.tcp_observers: list[TcpObserver] = []
         self.tcp_labels = BackendLabels()  # bounded `backend` labels of the lb_tcp_* series
@@ -141,6 +143,11 @@ class Runtime:
             ctx.set_alpn_protocols(["h2"] if h2 else ["http/1.1"])
         self._tls[key] = ctx
         return ctx
+
+    def observe(self, observer: Observer, on: bool) -> None:
+        """Attach or detach an exchange observer (set_hook), keeping `recorders` in step."""
+        set_hook(self.observers, observer, on)
+        self.recorders = [obs.record for obs in self.observers]
 
     # -- outcomes -------------------------------------------------------------------------------
     def record_failure(self, svc: Service, backend: Any, failure: Failure) -> None:

@@ -47,11 +47,11 @@ class Observability:
 
     def _apply(self) -> None:
         runtime = self.server.runtime
-        set_hook(runtime.observers, self.metrics, self.metrics_enabled())
+        runtime.observe(self.metrics, self.metrics_enabled())
         set_hook(runtime.failure_hooks, self.metrics, self.metrics_enabled())
         for sink in self.access_log.configure(runtime.config.listeners):
             self.server.loop.create_task(sink.close())
-        set_hook(runtime.observers, self.access_log, self.access_log.active)
+        runtime.observe(self.access_log, self.access_log.active)
         set_hook(runtime.tcp_observers, self.access_log, self.access_log.active)
 
     # -- the Server extension interface ------------------------------------------------------------
@@ -69,7 +69,7 @@ class Observability:
     async def close(self) -> None:
         await self.series.stop()
         runtime = self.server.runtime
-        set_hook(runtime.observers, self.access_log, False)
+        runtime.observe(self.access_log, False)
         set_hook(runtime.tcp_observers, self.access_log, False)
         await self.access_log.close()
 

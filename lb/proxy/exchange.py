@@ -595,5 +595,5 @@ class Exchange:
             self.guard.leave(self)
         if self.retry_slots:
             self.route.retry.release(self.retry_slots)
-        for observer in self.client.listener.runtime.observers:
-            observer.record(self, ok)
+        for record in self.client.listener.runtime.recorders:
+            record(self, ok)

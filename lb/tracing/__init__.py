@@ -20,7 +20,6 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from ..observe.metrics import register_counter
-from ..runtime import set_hook
 from .context import Propagator
 from .spans import SpanQueue
 
@@ -73,12 +72,12 @@ class Tracing:
         self.queue = SpanQueue(cfg.max_queue, cfg.batch, self.counts)
         self.exporter = Exporter(cfg, self.queue, self.counts)
         self.exporter.start()
-        set_hook(runtime.observers, self.queue, True)
+        runtime.observe(self.queue, True)
 
     def _retire(self) -> None:
         """Detach the queue and let its exporter send what it holds, off the loop."""
         if self.queue is not None:
-            set_hook(self.server.runtime.observers, self.queue, False)
+            self.server.runtime.observe(self.queue, False)
         exporter, self.queue, self.exporter = self.exporter, None, None
         if exporter is not None:
             self.server.loop.run_in_executor(None, exporter.close)
@@ -97,7 +96,7 @@ class Tracing:
         """After the drain (the admin server's stop): export what is queued, then stop."""
         self.server.runtime.tracer = None
         if self.queue is not None:
-            set_hook(self.server.runtime.observers, self.queue, False)
+            self.server.runtime.observe(self.queue, False)
         exporter, self.queue, self.exporter, self.cfg = self.exporter, None, None, None
         if exporter is not None:
             await self.server.loop.run_in_executor(None, exporter.close)

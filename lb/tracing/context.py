@@ -3,10 +3,10 @@ started, the sampling decided, and the backend handed lb's own `traceparent`.
 
 `Propagator.begin(info)` runs once per request head while tracing is on (the client sides
 call it right after `analyze_request`, HTTP/1.1 and HTTP/2 alike), and only then: with tracing
-off, `Runtime.tracer` is None and nothing here runs. It costs three random numbers and one
-formatting: the head analysis notes whether trace headers came (`RequestInfo.trace_headers`),
-and only a request that carries them takes the slow path that parses and rebuilds its header
-list.
+off, `Runtime.tracer` is None and nothing here runs. It costs one call that makes the ids
+and writes lb's traceparent (`TraceIds`, compiled from ext/traceids.pyx) and one small object:
+the head analysis notes whether trace headers came (`RequestInfo.trace_headers`), and only a
+request that carries them takes the slow path that parses and rebuilds its header list.
 
 A valid `traceparent` (version 00 exactly as specified; a later version by its first four
 fields; version ff, upper-case hex, all-zero ids or a wrong length are invalid) continues its
@@ -20,25 +20,18 @@ the `tracestate` as it came: the unsampled requests propagate too, without a spa
 
 import os
 import re
+from collections.abc import Callable
 
 from ..proxy.headers import RequestInfo, lower_name
+from .ids import TraceIds
 
 TRACEPARENT = b"traceparent"
 TRACESTATE = b"tracestate"
 _FIELDS = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
-# lb's traceparent, written digit by digit into a copy (compiled, a C loop: a tenth of what
-# formatting three ints with bytes % costs); the ids are read back from it when needed.
-_TEMPLATE = b"00-00000000000000000000000000000000-0000000000000000-00"
-_DIGITS = b"0123456789abcdef"
-_ONE = 49  # "1", the sampled flag's last digit
-# SplitMix64 (Steele, Lea, Flood 2014): 64-bit ids from a counter, every output distinct within
-# a seed's 2^64 period and uniform enough for the trace id's low 64 bits to be sampled on.
 _M = 0xFFFFFFFFFFFFFFFF
-_GOLDEN = 0x9E3779B97F4A7C15
-_MIX1 = 0xBF58476D1CE4E5B9
-_MIX2 = 0x94D049BB133111EB
+_ONE = 49  # "1", the sampled flag's last digit
 
 
 class TraceContext:
@@ -89,35 +82,23 @@ def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bool] | None:
 class Propagator:
     """`Runtime.tracer`: one per config, its sampling bound computed once."""
 
-    __slots__ = ("bound", "everything", "state")
+    __slots__ = ("_new_span", "_new_trace")
 
     def __init__(self, sampling: float) -> None:
         # Sampled when the trace id's low 64 bits are below the bound (TraceIdRatioBased's).
         bound = round(sampling * (1 << 64))
-        self.everything = bound > _M
-        self.bound = min(bound, _M)
-        self.state = int.from_bytes(os.urandom(8), "little")  # its own per process and config
-
-    def _next(self) -> int:
-        self.state = z = (self.state + _GOLDEN) & _M
-        z = ((z ^ (z >> 30)) * _MIX1) & _M
-        z = ((z ^ (z >> 27)) * _MIX2) & _M
-        return (z ^ (z >> 31)) or 1  # never an all-zero id
+        seed = int.from_bytes(os.urandom(8), "little")  # its own per process and config
+        ids = TraceIds(seed, min(bound, _M), bound > _M)
+        # Bound once: a method looked up by name on every request costs more than the call.
+        self._new_trace: Callable[[], bytes] = ids.new_trace
+        self._new_span: Callable[[], bytes] = ids.new_span
 
     def begin(self, info: RequestInfo) -> None:
         if info.trace_headers:  # noted by the head analysis (lb/proxy/headers.py)
             self._continue(info)
             return
-        buf = bytearray(_TEMPLATE)
-        _hex(buf, 3, self._next())
-        low = self._next()
-        _hex(buf, 19, low)
-        _hex(buf, 36, self._next())
-        sampled = self.everything or low < self.bound
-        if sampled:
-            buf[54] = _ONE
-        header = bytes(buf)
-        info.trace = TraceContext(header, None, sampled, None)
+        header = self._new_trace()
+        info.trace = _context(header, None, header[54] == _ONE, None)
         info.forward.append((TRACEPARENT, header))
 
     def _continue(self, info: RequestInfo) -> None:
@@ -133,27 +114,32 @@ class Propagator:
                 states.append(item[1].strip(b" \t"))
             else:
                 rest.append(item)
+        info.trace_headers = False  # they are all in `parents` and `states` now
         # Two traceparent headers name no single parent: invalid, as the spec has it.
         parsed = parse_traceparent(parents[0]) if len(parents) == 1 else None
-        info.trace_headers = False  # they are all in `parents` and `states` now
         if parsed is None:
             info.forward = rest
             self.begin(info)  # a new trace, without the invalid parent's tracestate
             return
         trace_id, parent_id, sampled = parsed
         state = b",".join([s for s in states if s]) or None  # several headers are one list
-        header = b"00-%b-%016x-%b" % (trace_id, self._next(), b"01" if sampled else b"00")
-        info.trace = TraceContext(header, parent_id, sampled, state)
+        span = self._new_span()
+        header = b"00-%b-%b-%b" % (trace_id, span, b"01" if sampled else b"00")
+        info.trace = _context(header, parent_id, sampled, state)
         if state is not None:
             rest.append((TRACESTATE, state))
         rest.append((TRACEPARENT, header))
         info.forward = rest
 
 
-def _hex(buf: bytearray, at: int, value: int) -> None:
-    """`value`'s 16 lower-case hex digits into buf[at:at + 16]."""
-    i = at + 16
-    while i > at:
-        i -= 1
-        buf[i] = _DIGITS[value & 15]
-        value >>= 4
+def _context(
+    header: bytes, parent_id: bytes | None, sampled: bool, tracestate: bytes | None
+) -> TraceContext:
+    """A TraceContext without the generic constructor call (compiled: tp_new and four
+    stores), as every request while tracing is on makes one."""
+    ctx = TraceContext.__new__(TraceContext)
+    ctx.header = header
+    ctx.parent_id = parent_id
+    ctx.sampled = sampled
+    ctx.tracestate = tracestate
+    return ctx

@@ -119,7 +119,7 @@ class TrafficControl:
             task.add_done_callback(self._closing.discard)
         self._compile_services()
         needed = any(sc.active for sc in self.services.values())
-        set_hook(self.runtime.observers, self, needed)
+        self.runtime.observe(self, needed)
         set_hook(self.runtime.failure_hooks, self, needed)
 
     def _limit(
