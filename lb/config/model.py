@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from .balance_model import Affinity, Balance
+from .consul_model import ConsulConnection
 from .edge_model import BasicAuth, ClientInFlight, ForwardAuth, IpFilter, Jwt
 from .fieldtypes import (
     Address,
@@ -68,31 +69,9 @@ class ConsulSelfRegistration:
 
 
 @dataclass
-class Consul:
-    address: str = field(
-        default_factory=lambda: os.environ.get("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500")
-    )
-    token: str | None = None
-    ca_file: InputFile | None = None
-    cert_file: InputFile | None = None
-    key_file: InputFile | None = None
-    consistency: Literal["default", "stale", "consistent"] = "default"
-    wait: Duration = 300.0
+class Consul(ConsulConnection):
     auto: bool = False
     register: ConsulSelfRegistration | None = None
-
-    def check(self, report: Report) -> None:
-        if not 0 < self.wait <= 600:
-            report("wait", "expected a blocking wait between 0 and 10m")
-        # The client's own parser, so that `lb check` accepts exactly the addresses lb runs with.
-        from ..discovery.consul import split_address
-
-        try:
-            split_address(self.address)
-        except ValueError as exc:
-            report("address", str(exc))
-        if self.key_file and not self.cert_file:
-            report("key_file", "a client key needs cert_file")
 
 
 @dataclass

@@ -51,6 +51,7 @@ from consul.exceptions import (
     Timeout,
 )
 
+from ..config.consul_model import ConsulConnection
 from .tags import tag_weight
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,19 @@ class ConsulSettings:
         if self.key_file and not self.cert_file:
             raise ValueError("key_file needs cert_file")
         split_address(self.address)
+
+
+def settings_for(conn: ConsulConnection) -> ConsulSettings:
+    """The client settings of a `consul:` or `config_source.consul` block."""
+    return ConsulSettings(
+        address=conn.address,
+        token=conn.token,
+        ca_file=conn.ca_file,
+        cert_file=conn.cert_file,
+        key_file=conn.key_file,
+        consistency=conn.consistency,
+        wait=conn.wait,
+    )
 
 
 def split_address(address: str) -> tuple[str, str, int]:

@@ -42,8 +42,8 @@ from ..config.kv import KvSnapshot, load_with_kv, read_cache, source_of, write_c
 from ..config.load import Document, Loaded, load_documents, read_files
 from ..config.schema import marks
 from ..config.source_model import ConfigSource, ConsulSource, kv_folder
-from .consul import ConsulClient, ConsulError
-from .kvwatch import KvWatch, read_prefix, settings_of
+from .consul import ConsulClient, ConsulError, settings_for
+from .kvwatch import KvWatch, read_prefix
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def load_for_check(
     found = source_of(local)
     src = found.consul if found is not None else None
     if address is not None and prefix is not None:
-        base = src or ConsulSource(prefix)
+        base = src or ConsulSource(prefix=prefix)
         src = dataclasses.replace(
             base, address=address, prefix=kv_folder(prefix), token=token or base.token
         )
@@ -128,7 +128,7 @@ def load_for_check(
 
 async def _read(src: ConsulSource, timeout: float | None) -> KvSnapshot:
     """One read of the prefix; timeout: a bound on all of it (None: the client's own)."""
-    async with ConsulClient(settings_of(src)) as client:
+    async with ConsulClient(settings_for(src)) as client:
         try:
             async with asyncio.timeout(timeout):
                 return await read_prefix(client, src.prefix)
@@ -209,7 +209,7 @@ class KvConfig:
         client: ConsulClient | None = None
         watch: KvWatch | None = None
         if now is not None:
-            client = ConsulClient(settings_of(now))
+            client = ConsulClient(settings_for(now))
             watch = self._watch(client, now.prefix)
         self._move = _Move(loaded, now, client, watch)
         return loaded
@@ -231,7 +231,7 @@ class KvConfig:
         if self.source is None:
             return
         assert self.latest is not None
-        self.client = ConsulClient(settings_of(self.source))
+        self.client = ConsulClient(settings_for(self.source))
         self.watch = self._watch(self.client, self.source.prefix)
         self._watching = asyncio.get_running_loop().create_task(self.watch.run())
         if not self.latest.from_cache:

@@ -15,20 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config.kv import KvSnapshot, kv_documents
-from ..config.source_model import ConsulSource
-from .consul import BlockingWatch, ConsulClient, ConsulError, ConsulSettings
-
-
-def settings_of(source: ConsulSource) -> ConsulSettings:
-    return ConsulSettings(
-        address=source.address,
-        token=source.token,
-        ca_file=source.ca_file,
-        cert_file=source.cert_file,
-        key_file=source.key_file,
-        consistency=source.consistency,
-        wait=source.wait,
-    )
+from .consul import BlockingWatch, ConsulClient, ConsulError
 
 
 def entries_of(prefix: str, data: Any) -> list[tuple[str, bytes]]:

@@ -33,11 +33,11 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import model
-from .consul import CatalogWatch, ConsulClient, ConsulSettings, Instance, ServiceWatch
+from .consul import CatalogWatch, ConsulClient, ConsulSettings, Instance, ServiceWatch, settings_for
 from .fleet import FleetView, own_meta
 from .register import SelfRegistration, registration_spec
 from .tagroutes import Conflict, TagPlan, plan_tag_routes
@@ -59,15 +59,7 @@ def settings_from(config: model.Config) -> ConsulSettings | None:
     if not uses:
         return None
     c = config.consul or model.Consul()
-    return ConsulSettings(
-        address=c.address,
-        token=c.token or os.environ.get("CONSUL_HTTP_TOKEN"),
-        ca_file=c.ca_file,
-        cert_file=c.cert_file,
-        key_file=c.key_file,
-        consistency=c.consistency,
-        wait=c.wait,
-    )
+    return replace(settings_for(c), token=c.token or os.environ.get("CONSUL_HTTP_TOKEN"))
 
 
 def _key(cs: model.ConsulService) -> WatchKey:
